@@ -1,0 +1,1 @@
+"""Data: sources -> readers -> tag schemes -> sentences -> encoding -> batches."""

@@ -1,0 +1,1 @@
+"""Models: encoders (hub, local, PyPI-shipped, tiny), tagging heads and the Tagger."""

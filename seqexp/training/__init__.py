@@ -1,0 +1,1 @@
+"""Training: freeze strategies, optimizers and learning-rate schedules."""
