@@ -1,0 +1,221 @@
+"""Read the runs a report is built from, straight out of the MLflow store.
+
+A target is a sweep id (the ``seqexp.sweep_id`` tag that every job of one
+``python -m seqexp.run -m`` sweep carries) or an experiment name. Only FINISHED
+runs with test metrics enter the tables; everything else is kept aside so the
+report can say what was left out and why. Parent (sweep) runs hold no metrics
+of their own and are kept for provenance only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+SWEEP_TAG = "seqexp.sweep_id"
+ROLE_TAG = "seqexp.role"
+PARENT_TAG = "mlflow.parentRunId"
+REQUIRED_METRIC = "test_f1"
+PREDICTIONS = "test_predictions.conll"
+_PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+class ReportError(Exception):
+    """A problem the user fixes (wrong name, wrong store): reported in one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The parts of one MLflow run a report needs."""
+
+    run_id: str
+    name: str
+    status: str
+    experiment_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    start_time: int = 0
+    artifact_uri: str = ""
+
+    @property
+    def seed(self) -> str:
+        return self.params.get("seed", "?")
+
+    @property
+    def commit(self) -> str:
+        return self.tags.get("mlflow.source.git.commit", "unknown")
+
+    @property
+    def error(self) -> str:
+        return self.tags.get("error", "")
+
+    @classmethod
+    def from_run(cls, run: Any) -> "RunRecord":
+        tags = dict(run.data.tags)
+        return cls(
+            run_id=run.info.run_id,
+            name=tags.get("mlflow.runName") or run.info.run_name or run.info.run_id[:8],
+            status=run.info.status,
+            experiment_id=run.info.experiment_id,
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            tags=tags,
+            start_time=run.info.start_time or 0,
+            artifact_uri=run.info.artifact_uri or "",
+        )
+
+
+@dataclass
+class Selection:
+    """Which runs a report covers: ``finished`` enter the tables, ``excluded`` are listed with a reason."""
+
+    uri: str
+    target: str
+    kind: str  # "sweep" or "experiment"
+    experiments: dict[str, str]  # id -> name, of the experiments the runs live in
+    finished: list[RunRecord]
+    excluded: list[tuple[RunRecord, str]] = field(default_factory=list)
+    parents: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def sweep_id(self) -> str | None:
+        return self.target if self.kind == "sweep" else None
+
+
+def resolve_uri(uri: str) -> str:
+    """Absolute sqlite path; a missing database file is an error, not a fresh empty store."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()  # relative to the current directory
+        if not path.is_file():
+            raise ReportError(f"no MLflow store at {path} (pass --uri sqlite:///path/to/mlruns.db)")
+        return f"sqlite:///{path}"
+    return uri
+
+
+def open_client(uri: str):
+    """An MlflowClient on ``uri``, without alembic's migration chatter on stderr."""
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _search(client, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _experiments(client) -> list[Any]:
+    out: list[Any] = []
+    token = None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _sweep_runs(client, experiment_ids: list[str], target: str) -> list[Any]:
+    if not experiment_ids or "'" in target or "\\" in target:
+        return []
+    return _search(client, experiment_ids, f"tags.`{SWEEP_TAG}` = '{target}'")
+
+
+def _known_targets(client, experiments) -> str:
+    names = [e.name for e in experiments]
+    sweeps: set[str] = set()
+    if experiments:
+        for run in _search(client, [e.experiment_id for e in experiments], f"tags.`{ROLE_TAG}` = 'sweep'"):
+            sweeps.add(run.data.tags.get(SWEEP_TAG, ""))
+    text = "experiments: " + (", ".join(repr(n) for n in names) if names else "none")
+    if sweeps:
+        shown = sorted(s for s in sweeps if s)
+        text += "; sweeps: " + ", ".join(shown[:10]) + (f" (+{len(shown) - 10} more)" if len(shown) > 10 else "")
+    return text
+
+
+def _split(records: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[RunRecord, str]]]:
+    finished, excluded = [], []
+    for r in sorted(records, key=lambda r: (r.start_time, r.name)):
+        if r.status != "FINISHED":
+            excluded.append((r, r.status + (f": {r.error}" if r.error else "")))
+        elif REQUIRED_METRIC not in r.metrics:
+            excluded.append((r, f"FINISHED without {REQUIRED_METRIC}"))
+        else:
+            finished.append(r)
+    return finished, excluded
+
+
+def select_runs(client, uri: str, target: str) -> Selection:
+    """The runs of sweep ``target`` if such a sweep exists, else of experiment ``target``."""
+    experiments = _experiments(client)
+    by_id = {e.experiment_id: e.name for e in experiments}
+    sweep = [RunRecord.from_run(r) for r in _sweep_runs(client, list(by_id), target)]
+    if sweep:
+        parents = [r for r in sweep if r.tags.get(ROLE_TAG) == "sweep"]
+        children = [r for r in sweep if r.tags.get(ROLE_TAG) != "sweep"]
+        finished, excluded = _split(children)
+        used = {r.experiment_id for r in sweep}
+        return Selection(uri, target, "sweep", {i: by_id[i] for i in used}, finished, excluded, parents)
+    exp = next((e for e in experiments if e.name == target), None)
+    if exp is None:
+        raise ReportError(f"no experiment or sweep named {target!r} in {uri}; {_known_targets(client, experiments)}")
+    records = [RunRecord.from_run(r) for r in _search(client, [exp.experiment_id])]
+    parent_ids = {r.tags[PARENT_TAG] for r in records if PARENT_TAG in r.tags}
+    parents = [r for r in records if r.tags.get(ROLE_TAG) == "sweep" or r.run_id in parent_ids]
+    parent_set = {r.run_id for r in parents}
+    finished, excluded = _split([r for r in records if r.run_id not in parent_set])
+    return Selection(uri, target, "experiment", {exp.experiment_id: exp.name}, finished, excluded, parents)
+
+
+def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a per-epoch metric, last value per step, in step order."""
+    last: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, key):
+        if m.step not in last or m.timestamp >= last[m.step][0]:
+            last[m.step] = (m.timestamp, m.value)
+    return [(step, last[step][1]) for step in sorted(last)]
+
+
+def download_predictions(client, run: RunRecord, dst: Path, name: str = PREDICTIONS) -> Path | None:
+    """The run's ``test_predictions.conll``: read in place from a local artifact store, else downloaded.
+
+    Returns None when the run did not log it (``tracking.log_predictions=false``).
+    """
+    if run.artifact_uri.startswith("file:") or run.artifact_uri.startswith("/"):
+        local = Path(url2pathname(urlparse(run.artifact_uri).path)) / name
+        if local.is_file():
+            return local
+    target = dst / run.run_id
+    target.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get(_PROGRESS)
+    os.environ[_PROGRESS] = "false"  # no progress bar per artifact on stderr
+    try:
+        return Path(client.download_artifacts(run.run_id, name, str(target)))
+    except Exception:  # noqa: BLE001 - any store error means "no predictions to test with"
+        return None
+    finally:
+        if previous is None:
+            os.environ.pop(_PROGRESS, None)
+        else:
+            os.environ[_PROGRESS] = previous
+
+
+def safe_name(target: str) -> str:
+    """A sweep id or experiment name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", target).strip("._") or "report"

@@ -1,0 +1,113 @@
+"""The report's three figures, as PNG files (Agg backend: no display needed).
+
+* learning curves: mean validation F1 per epoch, one line per configuration;
+* grouped bars: mean test F1 ± std per model, one bar per strategy;
+* cost/quality: mean test F1 against mean train time, Pareto frontier drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from seqexp.report.aggregate import Config, pareto_front  # noqa: E402
+
+DPI = 110
+
+
+def _colors(n: int) -> list:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def learning_curves(configs: Sequence[Config], histories: Mapping[str, list[tuple[int, float]]], path: Path,
+                    metric: str = "val_f1") -> Path:
+    """Mean over seeds of ``metric`` per epoch (seeds that stopped early average over fewer runs)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for config, color in zip(configs, _colors(len(configs))):
+        per_step: dict[int, list[float]] = {}
+        for run in config.runs:
+            for step, value in histories.get(run.run_id, []):
+                per_step.setdefault(step, []).append(value)
+        if not per_step:
+            continue
+        steps = sorted(per_step)
+        ys = [100 * sum(per_step[s]) / len(per_step[s]) for s in steps]
+        ax.plot([s + 1 for s in steps], ys, marker="o", color=color, label=f"{config.label} (n={len(config.runs)})")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"{metric} ×100 (mean over seeds)")
+    ax.set_title("Validation learning curves")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, f"no {metric} history logged", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
+    """Grouped bars: x = model, one bar per strategy, error bar = std over seeds."""
+    strategies = list(dict.fromkeys(c.strategy for cs in groups.values() for c in cs))
+    names = list(groups)
+    width = 0.8 / max(1, len(strategies))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.5 * len(names) * max(1, len(strategies))), 4.8))
+    for j, (strategy, color) in enumerate(zip(strategies, _colors(len(strategies)))):
+        xs, ys, errs = [], [], []
+        for i, name in enumerate(names):
+            config = next((c for c in groups[name] if c.strategy == strategy), None)
+            if config is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(100 * (config.mean("test_f1") or 0.0))
+            errs.append(100 * (config.std("test_f1") or 0.0))
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, color=color, label=strategy or "(single strategy)")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("test F1 ×100 (mean ± std over seeds)")
+    ax.set_title("Test F1 per model and strategy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def cost_quality(configs: Sequence[Config], path: Path) -> Path:
+    """Test F1 against train time per configuration, with the Pareto frontier (per dataset)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    points = [(c.mean("train_time_s"), c.mean("test_f1")) for c in configs]
+    kept = [(c, (t, 100 * f)) for c, (t, f) in zip(configs, points) if t is not None and f is not None]
+    for (config, (t, f)), color in zip(kept, _colors(len(kept))):
+        ax.scatter([t], [f], color=color, s=40, zorder=3)
+        ax.annotate(config.label, (t, f), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    datasets = sorted({c.axes.get("dataset", "") for c, _ in kept})
+    for k, dataset in enumerate(datasets):
+        sub = [p for c, p in kept if c.axes.get("dataset", "") == dataset]
+        front = [sub[i] for i in pareto_front(sub)]
+        label = "Pareto frontier" + (f" ({dataset})" if len(datasets) > 1 else "")
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", drawstyle="steps-post",
+                color="black" if k == 0 else f"C{k}", alpha=0.7, zorder=2, label=label)
+    times = [p[0] for _, p in kept if p[0] > 0]
+    if times and max(times) / min(times) > 20:
+        ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.1)  # room for the labels of the extreme points
+    ax.set_xlabel("train time, s (mean over seeds)")
+    ax.set_ylabel("test F1 ×100 (mean over seeds)")
+    ax.set_title("Cost / quality: test F1 against train time")
+    ax.grid(alpha=0.3)
+    if kept:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no train_time_s logged", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)

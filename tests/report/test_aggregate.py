@@ -1,0 +1,66 @@
+"""Grouping runs into configurations, the Pareto frontier and the verdict's wording (no store needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seqexp.metrics import evaluate
+from seqexp.report.aggregate import group_configs, pareto_front
+from seqexp.report.collect import RunRecord
+from seqexp.report.compare import compare_strategies
+from seqexp.report.verdict import verdict_paragraphs
+from tests.conftest import shared_corpus
+from tests.report.test_significance import corrupt, read_tags
+
+
+def record(run_id: str, model: str, freeze: str, seed: str, f1: float, **params: str) -> RunRecord:
+    axes = {"model": model, "dataset": "conll2003", "freeze": freeze, "optim": "adam", "scheduler": "linear",
+            "head": "linear", "seed": seed, "dataset.scheme": "IOB2", "dataset.data_dir": f"/data/{seed}"}
+    return RunRecord(run_id, f"{model}|{freeze}|adam|s{seed}", "FINISHED", "1", {**axes, **params},
+                     {"test_f1": f1, "train_time_s": 10.0}, {})
+
+
+def test_a_swept_value_outside_the_axes_splits_configurations():
+    runs = [record(f"r{i}", "minilm", "unfreeze", str(i % 2), 0.9, **{"optim.lr": lr})
+            for i, lr in enumerate(["1e-3", "1e-3", "1e-4", "1e-4"])]
+    grid = group_configs(runs)
+    assert grid.extra_axes == ["optim.lr"]  # data_dir differs too, but is a location
+    assert [c.strategy for c in grid.configs] == ["unfreeze+adam+optim.lr=1e-3", "unfreeze+adam+optim.lr=1e-4"]
+    assert "optim.lr" in grid.shown_axes and "dataset" not in grid.shown_axes
+    assert all(len(c.runs) == 2 for c in grid.configs)
+
+
+def test_seeds_sort_numerically_and_std_needs_two_seeds():
+    grid = group_configs([record("a", "m", "last", s, 0.5) for s in ("10", "2", "1")])
+    assert grid.configs[0].seeds == ["1", "2", "10"]
+    single = group_configs([record("b", "m", "last", "1", 0.5)]).configs[0]
+    assert single.std("test_f1") is None and single.mean("test_f1") == 0.5
+
+
+def test_pareto_front():
+    pts = [(10.0, 0.5), (20.0, 0.7), (15.0, 0.4), (30.0, 0.7), (40.0, 0.9)]
+    assert pareto_front(pts) == [0, 1, 4]
+
+
+def test_verdict_says_why_a_win_is_not_significant(tmp_path: Path):
+    gold = read_tags(shared_corpus("conll2003") / "eng.testb", limit=300)
+    files: dict[str, Path] = {}
+    runs = []
+    for run_id, freeze, drop, seeds in (("u", "unfreeze", 0.05, ["1"]), ("l", "last", 0.3, ["1"]),
+                                        ("n", "top_k", 0.4, ["1"])):
+        for seed in seeds:
+            pred = corrupt(gold, drop, seed=len(runs))
+            runs.append(record(run_id + seed, "minilm", freeze, seed, evaluate(gold, pred, "IOB2")["f1"]))
+            path = tmp_path / f"{run_id}{seed}.conll"
+            path.write_text("\n".join("\n".join(f"w\t{g}\t{p}" for g, p in zip(gs, ps)) + "\n"
+                                      for gs, ps in zip(gold, pred)))
+            files[run_id + seed] = path
+    files.pop("n1")  # a run that did not log its predictions
+    grid = group_configs(runs)
+    comps = compare_strategies(grid, lambda run, dst: files.get(run.run_id), resamples=300, seed=0)
+    assert len(comps) == 3
+    text = verdict_paragraphs(grid, comps, tested=True)[0]
+    assert text.startswith("**minilm**: **unfreeze+adam** has the best test F1")
+    assert "The win is **not significant** over last+adam by" in text
+    assert "1 seed) — fewer than 3 seeds" in text
+    assert "top_k+adam: not tested — test_predictions.conll missing for minilm|top_k|adam|s1" in text
