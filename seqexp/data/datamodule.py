@@ -1,0 +1,162 @@
+"""Batches of subword windows for the Tagger: dynamic padding, length-grouped order.
+
+Training windows never overlap (every word in a window is a training word);
+evaluation windows overlap so that each word is predicted with context on both
+sides (see ``seqexp.data.encoding``). Evaluation batches are sorted by length.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from seqexp.data.encoding import Window, count_split_sentences, encode_split
+from seqexp.data.sentences import Sentence
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+def label_vocabulary(train: Sequence[Sentence]) -> list[str]:
+    """Labels seen in training, ``O`` first when present, the rest sorted (stable ids)."""
+    labels = {tag for s in train for tag in s.tags}
+    return (["O"] if "O" in labels else []) + sorted(labels - {"O"})
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of similar-length windows; each window exactly once per epoch.
+
+    Windows are shuffled, cut into pools of ``pool_factor`` batches, sorted by
+    length inside each pool, cut into batches, and the batches are shuffled.
+    The order depends only on ``seed`` and the epoch (counted by ``__iter__``).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *,
+                 grouped: bool = True, shuffle: bool = True, pool_factor: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.grouped = grouped
+        self.shuffle = shuffle
+        self.pool = batch_size * pool_factor
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        if not self.shuffle:
+            order.sort(key=lambda i: -self.lengths[i])
+            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            return
+        rng.shuffle(order)
+        if self.grouped:
+            pools = [order[i : i + self.pool] for i in range(0, len(order), self.pool)]
+            order = [i for pool in pools for i in sorted(pool, key=lambda j: -self.lengths[j])]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+
+class Collator:
+    """Pads a list of windows into the tensors ``Tagger.forward`` takes."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
+        b = len(windows)
+        t = max(len(w.input_ids) for w in windows)
+        n = max(len(w.word_starts) for w in windows)
+        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((b, t), dtype=torch.long)
+        starts = torch.zeros((b, n), dtype=torch.long)
+        ends = torch.ones((b, n), dtype=torch.long)
+        labels = torch.full((b, n), IGNORE, dtype=torch.long)
+        word_mask = torch.zeros((b, n), dtype=torch.bool)
+        score_mask = torch.zeros((b, n), dtype=torch.bool)
+        for i, w in enumerate(windows):
+            k, m = len(w.input_ids), len(w.word_starts)
+            input_ids[i, :k] = torch.tensor(w.input_ids)
+            attention[i, :k] = 1
+            starts[i, :m] = torch.tensor(w.word_starts)
+            ends[i, :m] = torch.tensor(w.word_ends)
+            labels[i, :m] = torch.tensor(w.labels)
+            word_mask[i, :m] = True
+            score_mask[i, w.score_start : w.score_end] = True
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "word_starts": starts,
+            "word_ends": ends,
+            "labels": labels,
+            "word_mask": word_mask,
+            "score_mask": score_mask,
+            "sentence": torch.tensor([w.sentence for w in windows]),
+            "first_word": torch.tensor([w.first_word for w in windows]),
+        }
+
+
+class TaggingDataModule(L.LightningDataModule):
+    """Encodes the splits once and serves padded window batches."""
+
+    def __init__(self, splits: dict[str, list[Sentence]], tokenizer, labels: list[str],
+                 max_length: int, *, batch_size: int, eval_batch_size: int,
+                 length_grouped: bool = True, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.splits = splits
+        self.tokenizer = tokenizer
+        self.labels = labels
+        self.label_to_id = {label: i for i, label in enumerate(labels)}
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.length_grouped = length_grouped
+        self.seed = seed
+        self.num_workers = num_workers
+        self.windows: dict[str, list[Window]] = {}
+        self.split_counts: dict[str, int] = {}
+        self.collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    def setup(self, stage: str | None = None) -> None:
+        for name, sentences in self.splits.items():
+            if name in self.windows:
+                continue
+            windows = encode_split(sentences, self.tokenizer, self.label_to_id,
+                                   self.max_length, overlap=name != "train")
+            self.windows[name] = windows
+            self.split_counts[name] = count_split_sentences(windows)
+            if self.split_counts[name]:
+                log.info("%s: %d sentences longer than %d subwords were split into windows",
+                         name, self.split_counts[name], self.max_length)
+
+    def gold(self, split: str) -> list[list[str]]:
+        return [list(s.tags) for s in self.splits[split]]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        windows = self.windows[split]
+        sampler = LengthGroupedBatches(
+            [len(w.input_ids) for w in windows],
+            self.batch_size if train else self.eval_batch_size,
+            self.seed, grouped=self.length_grouped, shuffle=train,
+        )
+        return DataLoader(windows, batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

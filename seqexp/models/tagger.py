@@ -1,0 +1,169 @@
+"""The Tagger: any encoder + a pluggable tagging head, as one LightningModule.
+
+subword states --(first | last | mean over each word's subwords)--> word states
+--> head --> per-word emissions --> loss (training) or decoded label ids (eval).
+
+Evaluation windows are stitched back into whole sentences, so every word of a
+split gets exactly one prediction, however long its sentence is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch import nn
+
+from seqexp.metrics import evaluate
+from seqexp.models.heads import TaggingHead
+from seqexp.training.freeze import FreezePlan
+from seqexp.training.optim import build_optimizer, build_scheduler
+
+ALIGNMENTS = ("first", "last", "mean")
+MetricSink = Callable[[dict[str, float], int], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def pool_words(hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, how: str) -> torch.Tensor:
+    """Word vectors [B, W, H] from subword states [B, T, H] and word spans [B, W]."""
+    size = hidden.size(-1)
+    if how == "first":
+        return hidden.gather(1, starts.unsqueeze(-1).expand(-1, -1, size))
+    if how == "last":
+        return hidden.gather(1, (ends - 1).unsqueeze(-1).expand(-1, -1, size))
+    if how == "mean":
+        csum = nn.functional.pad(hidden.cumsum(1), (0, 0, 1, 0))
+        upper = csum.gather(1, ends.unsqueeze(-1).expand(-1, -1, size))
+        lower = csum.gather(1, starts.unsqueeze(-1).expand(-1, -1, size))
+        return (upper - lower) / (ends - starts).clamp(min=1).unsqueeze(-1).to(hidden.dtype)
+    raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {how!r}")
+
+
+class Tagger(L.LightningModule):
+    def __init__(self, encoder: nn.Module, head: TaggingHead, labels: list[str], *,
+                 alignment: str, optim_cfg, scheduler_cfg, freeze: FreezePlan,
+                 scoring_scheme: str | None, gold: dict[str, list[list[str]]],
+                 metric_sink: MetricSink | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.labels = labels
+        self.alignment = alignment
+        self.optim_cfg = optim_cfg
+        self.scheduler_cfg = scheduler_cfg
+        self.freeze = freeze
+        self.scoring_scheme = scoring_scheme
+        self.gold = gold
+        self.metric_sink = metric_sink
+        self.encoder_trains = any(p.requires_grad for p in encoder.parameters())
+        self.results: dict[str, dict] = {}
+        self.predictions: dict[str, list[list[str]]] = {}
+        self._pred: list[np.ndarray] | None = None
+        self._loss_sum = 0.0
+        self._loss_count = 0
+
+    # -- modes ---------------------------------------------------------------
+    def train(self, mode: bool = True):
+        """Lightning calls ``.train()`` every epoch: frozen parts must stay in eval (no dropout)."""
+        super().train(mode)
+        if mode:
+            self.freeze.keep_frozen_in_eval()
+        return self
+
+    # -- forward -------------------------------------------------------------
+    def word_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.set_grad_enabled(self.encoder_trains and torch.is_grad_enabled()):
+            hidden = self.encoder(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+        return pool_words(hidden, batch["word_starts"], batch["word_ends"], self.alignment)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.word_features(batch), batch["word_mask"])
+
+    # -- training ------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        emissions = self(batch)
+        loss = self.head.loss(emissions, batch["labels"], batch["word_mask"])
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"training loss is {value} at epoch {self.current_epoch}, step {self.global_step}; "
+                "lower `optim.lr`/`optim.encoder_lr` or check the data"
+            )
+        self._loss_sum += value * len(batch["input_ids"])
+        self._loss_count += len(batch["input_ids"])
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_count:
+            self._emit({"train_loss": self._loss_sum / self._loss_count}, self.current_epoch)
+
+    # -- evaluation ----------------------------------------------------------
+    def _start_eval(self, split: str) -> None:
+        self._pred = [np.full(len(g), -1, dtype=np.int64) for g in self.gold[split]]
+        self._eval_loss = [0.0, 0]
+
+    def _eval_step(self, batch) -> None:
+        emissions = self(batch)
+        loss = self.head.loss(emissions, batch["labels"], batch["word_mask"])
+        self._eval_loss[0] += float(loss) * len(batch["input_ids"])
+        self._eval_loss[1] += len(batch["input_ids"])
+        decoded = self.head.decode(emissions, batch["word_mask"]).cpu().numpy()
+        score = batch["score_mask"].cpu().numpy()
+        for row, (sent, first) in enumerate(zip(batch["sentence"].tolist(), batch["first_word"].tolist())):
+            cols = np.flatnonzero(score[row])
+            self._pred[sent][first + cols] = decoded[row, cols]
+
+    def _finish_eval(self, split: str) -> dict:
+        missing = sum(int((p < 0).sum()) for p in self._pred)
+        if missing:
+            raise RuntimeError(f"{missing} words of the {split} split got no prediction")
+        names = np.asarray(self.labels, dtype=object)
+        pred = [names[p].tolist() for p in self._pred]
+        result = evaluate(self.gold[split], pred, self.scoring_scheme)
+        result["loss"] = self._eval_loss[0] / max(1, self._eval_loss[1])
+        self.results[split] = result
+        self.predictions[split] = pred
+        self._pred = None
+        return result
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("dev")
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._finish_eval("dev")
+        scalars = {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
+        self.log("val_f1", result["f1"], prog_bar=True)
+        self._emit(scalars, self.current_epoch)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, batch, batch_idx) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def _emit(self, metrics: dict[str, float], step: int) -> None:
+        if self.metric_sink is not None and not self.trainer.sanity_checking:
+            self.metric_sink(metrics, step)
+
+    # -- optimisation --------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.encoder, self.head, self.optim_cfg)
+        steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, self.scheduler_cfg, steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

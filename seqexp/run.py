@@ -1,0 +1,237 @@
+"""``python -m seqexp.run``: one training run (or, with ``-m``, a sweep of them).
+
+validate config -> open the MLflow run -> read data -> load encoder -> freeze ->
+fit -> test on every word -> log metrics and artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from seqexp.config_errors import ConfigError
+from seqexp.data.sentences import DataFormatError
+
+log = logging.getLogger("seqexp")
+
+# Errors that are the user's to fix: one clear line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataFormatError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from seqexp.data.sources import DataSourceError
+    from seqexp.models.encoders import EncoderUnavailableError
+
+    from seqexp.models.tagger import NonFiniteLossError
+
+    return USER_ERRORS + (DataSourceError, EncoderUnavailableError, NonFiniteLossError)
+
+
+def hydra_context() -> tuple[dict[str, str], list[str]]:
+    """(chosen option per config group, command-line overrides) of this job."""
+    if not HydraConfig.initialized():
+        return {}, []
+    hc = HydraConfig.get()
+    choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    return choices, list(hc.overrides.task)
+
+
+def metric_safe(tag: str) -> str:
+    """A tag as MLflow accepts it in a metric name (POS tags such as ``PRP$`` or ``''``)."""
+    safe = re.sub(r"[^A-Za-z0-9_\-. /]", lambda m: f"x{ord(m.group()):02x}", tag)
+    return safe or "empty"
+
+
+def conll_predictions(sentences, predictions) -> str:
+    """Test predictions as CoNLL columns: word, gold, predicted; blank line between sentences."""
+    lines = []
+    for sentence, pred in zip(sentences, predictions):
+        lines.extend(f"{w}\t{g}\t{p}" for w, g, p in zip(sentence.words, sentence.tags, pred))
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Built:
+    """Everything one run trains and evaluates."""
+
+    splits: dict
+    labels: list[str]
+    datamodule: object
+    tagger: object
+
+
+def build(cfg: DictConfig, metric_sink=None) -> Built:
+    """Data, encoder, head and freeze plan as the config says; nothing trained yet."""
+    import lightning.pytorch as L
+    import torch
+
+    from seqexp.data.datamodule import TaggingDataModule, label_vocabulary
+    from seqexp.data.schemes import scoring_scheme
+    from seqexp.data.sources import load_splits
+    from seqexp.models.encoders import load_encoder
+    from seqexp.models.tagger import Tagger
+    from seqexp.training.freeze import apply_freeze
+
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+
+    splits = load_splits(cfg.dataset, cache_dir)
+    labels = label_vocabulary(splits["train"])
+    encoder = load_encoder(cfg.model, splits["train"], cache_dir)
+    dm = TaggingDataModule(
+        splits, encoder.tokenizer, labels, encoder.max_length,
+        batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+        length_grouped=cfg.trainer.length_grouped, seed=cfg.seed, num_workers=cfg.trainer.num_workers,
+    )
+    dm.setup()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # head init independent of data/encoder loading
+    head = hydra.utils.instantiate(cfg.head)(hidden_size=encoder.model.config.hidden_size, num_labels=len(labels))
+    plan = apply_freeze(encoder.model, cfg.freeze.strategy, cfg.freeze.top_k)
+    model = torch.compile(encoder.model) if cfg.trainer.compile else encoder.model
+    tagger = Tagger(
+        model, head, labels, alignment=cfg.alignment, optim_cfg=cfg.optim,
+        scheduler_cfg=cfg.scheduler, freeze=plan,
+        scoring_scheme=scoring_scheme(cfg.dataset.scheme),
+        gold={"dev": dm.gold("dev"), "test": dm.gold("test")},
+        metric_sink=metric_sink,
+    )
+    return Built(splits, labels, dm, tagger)
+
+
+def make_trainer(cfg: DictConfig, callbacks=()):
+    import lightning.pytorch as L
+
+    t = cfg.trainer
+    return L.Trainer(
+        max_epochs=t.max_epochs, max_steps=t.max_steps, max_time=t.max_time,
+        accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+        limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
+        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=list(callbacks),
+    )
+
+
+def train_and_test(cfg: DictConfig, tracker) -> dict:
+    """The run itself, logging into ``tracker``'s open MLflow run. Returns test metrics."""
+    from seqexp.metrics import format_report
+    from seqexp.training.freeze import count_parameters
+
+    built = build(cfg, metric_sink=tracker.log_metrics)
+    tagger, dm, splits = built.tagger, built.datamodule, built.splits
+    trainable, total = count_parameters(tagger)
+    log.info("parameters: %s trainable of %s (%s)", f"{trainable:,}", f"{total:,}", cfg.freeze.strategy)
+    tracker.log_params({"labels": " ".join(built.labels)})
+    tracker.log_metrics({
+        "trainable_params": trainable, "total_params": total,
+        **{f"{k}_sentences": len(v) for k, v in splits.items()},
+        **{f"{k}_split_sentences": v for k, v in dm.split_counts.items()},
+    })
+
+    trainer = make_trainer(cfg)
+    started = time.perf_counter()
+    trainer.fit(tagger, datamodule=dm)
+    train_time = time.perf_counter() - started
+    trainer.test(tagger, datamodule=dm, verbose=False)
+
+    result = tagger.results["test"]
+    metrics = {f"test_{k}": v for k, v in result.items() if isinstance(v, float)}
+    for kind, scores in result.get("per_type", {}).items():
+        metrics.update({f"test_{m}_{metric_safe(kind)}": scores[m] for m in ("precision", "recall", "f1")})
+    metrics["train_time_s"] = train_time
+    tracker.log_metrics(metrics, step=trainer.current_epoch)
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(format_report(result), "test_report.txt")
+    tracker.log_text(json.dumps(result, indent=2, sort_keys=True), "test_metrics.json")
+    if cfg.tracking.log_predictions:
+        tracker.log_text(conll_predictions(splits["test"], tagger.predictions["test"]), "test_predictions.conll")
+    log.info("test: accuracy %.4f  precision %.4f  recall %.4f  f1 %.4f",
+             result["accuracy"], result["precision"], result["recall"], result["f1"])
+    return metrics
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Validate, skip if already done, then train and test inside one MLflow run. Returns test F1."""
+    from seqexp.config import validate
+    from seqexp.sweep import Outcome, find_previous, fingerprint, job_tags
+    from seqexp.tracking import AXES, RunTracker, run_name
+
+    validate(cfg)
+    choices, overrides = hydra_context()
+    axes = {axis: choices.get(axis, "?") for axis in AXES}
+    axes["seed"] = str(cfg.seed)
+    name = cfg.tracking.run_name or run_name(choices, overrides, cfg.seed)
+    fp = fingerprint(cfg)
+    tracker = RunTracker(cfg.tracking.uri, cfg.tracking.experiment)
+    if not cfg.rerun:
+        from seqexp.tracking import client
+
+        previous = find_previous(client(tracker.uri), cfg.tracking.experiment, tracker.uri, fp)
+        if previous is not None:
+            f1 = previous.data.metrics.get("test_f1")
+            log.info("%s: already FINISHED as run %s (test_f1 %s); skipping (rerun=true forces it)",
+                     name, previous.info.run_id, f1)
+            Outcome(name, "SKIPPED", previous.info.run_id, f1).save()
+            return f1
+    try:
+        with tracker:
+            tracker.start(cfg, name, axes, tags=job_tags(cfg, fp, overrides))
+            log.info("MLflow run %s (%s) in %s", name, tracker.run_id, tracker.uri)
+            metrics = train_and_test(cfg, tracker)
+    except BaseException as exc:
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        Outcome(name, status, tracker.run_id or "", error=f"{type(exc).__name__}: {exc}").save()
+        raise
+    Outcome(name, "FINISHED", tracker.run_id, metrics["test_f1"]).save()
+    return metrics["test_f1"]
+
+
+def quiet_libraries() -> None:
+    """Keep the console for seqexp's own lines: no weight-loading bars, tips or deprecation noise."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO on import)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    quiet_libraries()
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return run(cfg)
+    except _user_errors() as exc:
+        if multirun:  # recorded as FAILED; the sweep goes on with the other jobs
+            log.error("job failed: %s", exc)
+            return None
+        print(f"seqexp: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:
+        if multirun:
+            log.exception("job failed")
+            return None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""End to end: ``python -m seqexp.run`` as a user runs it, checked in the real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, shared_corpus
+
+TEST_WORDS = 46_435  # eng.testb tokens (../shared/data/README.md)
+TEST_SENTENCES = 3_453
+
+
+def seqexp_run(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "seqexp.run", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def only_run(tmp_path: Path, experiment: str = "seqexp"):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def artifact_text(client, run, path: str) -> str:
+    local = client.download_artifacts(run.info.run_id, path)
+    return Path(local).read_text(encoding="utf-8")
+
+
+def assert_complete_run(client, run, *, model: str, head: str, freeze: str, optim: str, epochs: int):
+    assert run.info.status == "FINISHED"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    # Grid axes as short top-level params, and every resolved value as a flat param.
+    assert params["model"] == model and params["head"] == head
+    assert params["freeze"] == freeze and params["optim"] == optim
+    assert params["dataset"] == "conll2003" and params["scheduler"] == "linear" and params["seed"] == "1"
+    assert params["model.name"] == model and params["optim.name"] == optim
+    assert params["freeze.strategy"] == freeze and params["trainer.max_epochs"] == str(epochs)
+    assert "head._target_" in params and "dataset.columns.tag" in params
+    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1",
+                "test_strict_f1", "test_f1_PER", "trainable_params", "total_params", "train_time_s"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["test_f1"] <= 1.0 and 0.0 < metrics["test_accuracy"] <= 1.0
+    history = client.get_metric_history(run.info.run_id, "val_f1")
+    assert sorted(m.step for m in history) == list(range(epochs))
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == epochs
+    # Tags: git commit, command line, overrides; the run name follows from the overrides.
+    assert tags["mlflow.source.git.commit"]
+    assert "seqexp.run" in tags["command"]
+    assert f"model={model}" in tags["overrides"]
+    assert run.info.run_name.startswith(f"{model}|{freeze}|{optim}")
+    # Artifacts: resolved config, per-type report, test predictions for every test word.
+    assert f"name: {model}" in artifact_text(client, run, "config.yaml")
+    assert "PER" in artifact_text(client, run, "test_report.txt")
+    conll = artifact_text(client, run, "test_predictions.conll")
+    sentences = [block for block in conll.split("\n\n") if block.strip()]
+    assert len(sentences) == TEST_SENTENCES
+    assert sum(len(block.splitlines()) for block in sentences) == TEST_WORDS
+    return metrics
+
+
+def common(tmp_path: Path, data: Path, train: int = 200) -> list[str]:
+    return [f"dataset.data_dir={data}", f"dataset.max_train_sentences={train}",
+            "trainer.batch_size=16"]
+
+
+def test_tiny_bert_run_lands_in_mlflow(tmp_path):
+    data = shared_corpus("conll2003")
+    seqexp_run(tmp_path, "model=tiny-bert", "freeze=unfreeze", "optim=adam", "trainer.max_epochs=2",
+               *common(tmp_path, data))
+    client, run = only_run(tmp_path)
+    assert_complete_run(client, run, model="tiny-bert", head="linear", freeze="unfreeze", optim="adam", epochs=2)
+
+
+def test_tiny_roberta_with_crf(tmp_path):
+    data = shared_corpus("conll2003")
+    seqexp_run(tmp_path, "model=tiny-roberta", "head=crf", "freeze=unfreeze", "optim=adamw",
+               "trainer.max_epochs=1", *common(tmp_path, data))
+    client, run = only_run(tmp_path)
+    assert_complete_run(client, run, model="tiny-roberta", head="crf", freeze="unfreeze", optim="adamw", epochs=1)
+
+
+def test_tiny_albert_head_only(tmp_path):
+    data = shared_corpus("conll2003")
+    seqexp_run(tmp_path, "model=tiny-albert", "freeze=last", "optim=sgd", "trainer.max_epochs=1",
+               *common(tmp_path, data))
+    client, run = only_run(tmp_path)
+    metrics = assert_complete_run(client, run, model="tiny-albert", head="linear", freeze="last", optim="sgd", epochs=1)
+    assert metrics["trainable_params"] < 0.05 * metrics["total_params"]
+
+
+def test_bad_config_is_rejected_before_loading(tmp_path):
+    data = shared_corpus("conll2003")
+    proc = seqexp_run(tmp_path, "model=minilm", "optim.lr=-0.1", f"dataset.data_dir={data}", check=False)
+    assert proc.returncode == 2
+    assert "optim.lr" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns.db").exists()

@@ -1,0 +1,112 @@
+"""Real ``-m`` sweeps into a real MLflow sqlite store: parent/child runs, failures, skips, joblib."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+
+TINY = ["trainer.max_epochs=1", "trainer.batch_size=16"]
+
+
+def sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "seqexp.run", "-m", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def runs(cwd: Path, experiment: str = "seqexp"):
+    client = MlflowClient(f"sqlite:///{cwd / 'mlruns.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("seqexp.role") == "sweep"]
+    children = [r for r in all_runs if r.data.tags.get("seqexp.role") == "job"]
+    return client, parents, children
+
+
+def test_grid_sweep_parent_children_and_rerun_skips(tmp_path, mini_conll):
+    args = ["model=tiny-bert,tiny-albert", "freeze=last,unfreeze", f"dataset.data_dir={mini_conll}", *TINY]
+    proc = sweep(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client, parents, children = runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    sweep_id = parent.data.tags["seqexp.sweep_id"]
+    grid = set()
+    for child in children:
+        tags, params = child.data.tags, child.data.params
+        assert child.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["seqexp.sweep_id"] == sweep_id
+        assert tags["grid.model"] == params["model"] and tags["grid.freeze"] == params["freeze"]
+        assert child.info.run_name == f"{params['model']}|{params['freeze']}|adamw|s1"
+        for metric in ("test_accuracy", "test_precision", "test_recall", "test_f1"):
+            assert metric in child.data.metrics
+        grid.add((params["model"], params["freeze"]))
+    assert grid == {(m, f) for m in ("tiny-bert", "tiny-albert") for f in ("last", "unfreeze")}
+    assert "4 finished, 0 skipped, 0 failed" in proc.stdout
+
+    # The same command again: every job is already FINISHED, nothing new runs.
+    again = sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "0 finished, 4 skipped, 0 failed" in again.stdout
+    _, parents2, children2 = runs(tmp_path)
+    assert len(parents2) == 1 and len(children2) == 4
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, mini_conll):
+    # bert-base-cased is a hub id: offline and uncached it fails; the tiny job must still finish.
+    proc = sweep(tmp_path, "model=tiny-bert,bert", f"dataset.data_dir={mini_conll}", *TINY)
+    assert proc.returncode != 0
+    assert "1 finished, 0 skipped, 1 failed" in proc.stdout
+    client, parents, children = runs(tmp_path)
+    status = {c.data.params["model"]: c for c in children}
+    assert status["tiny-bert"].info.status == "FINISHED"
+    failed = status["bert"]
+    assert failed.info.status == "FAILED"
+    assert "EncoderUnavailableError" in failed.data.tags["error"] and "model=minilm" in failed.data.tags["error"]
+    traceback = Path(client.download_artifacts(failed.info.run_id, "traceback.txt")).read_text()
+    assert "Traceback" in traceback
+    assert parents[0].info.status == "FAILED"
+
+
+def test_joblib_two_workers_fresh_db_loses_no_runs(tmp_path, mini_conll):
+    proc = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "model=tiny-bert", "optim=adam,sgd", "seed=1,2", f"dataset.data_dir={mini_conll}",
+                 "trainer.num_threads=1", *TINY)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client, parents, children = runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 4
+    assert all(c.info.status == "FINISHED" and "test_f1" in c.data.metrics for c in children)
+    for c in children:
+        assert len(client.get_metric_history(c.info.run_id, "val_f1")) == 1
+
+
+def test_run_left_running_by_a_dead_process_is_marked_killed_and_redone(tmp_path, mini_conll):
+    from seqexp.sweep import fingerprint
+    from seqexp.tracking import RunTracker
+    from tests.conftest import compose
+
+    overrides = ["model=tiny-bert", f"dataset.data_dir={mini_conll}", *TINY]
+    cfg = compose(overrides)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    import socket
+
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'mlruns.db'}", "seqexp")
+    tracker.start(cfg, "tiny-bert|unfreeze|adamw|s1", {"model": "tiny-bert"},
+                  tags={"seqexp.fingerprint": fingerprint(cfg), "seqexp.pid": dead,
+                        "seqexp.host": socket.gethostname()})
+    proc = sweep(tmp_path, *overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
+    _, _, children = runs(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED"]
