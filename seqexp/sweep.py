@@ -162,7 +162,7 @@ class SweepCallback(Callback):
             overrides = " ".join(str(o) for o in config.hydra.overrides.task)
             run = client.create_run(exp_id, run_name=f"sweep {sweep_id}", tags={
                 "seqexp.role": "sweep", "seqexp.sweep_id": sweep_id, "overrides": overrides,
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "command": tracking.command_line(),
                 "mlflow.source.git.commit": tracking.git_commit(),
             })
             parent = run.info.run_id

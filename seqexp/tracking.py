@@ -106,6 +106,14 @@ def run_name(choices: Mapping[str, str], overrides: list[str], seed: int) -> str
     return "|".join(parts + [f"s{seed}"])
 
 
+def command_line() -> str:
+    """The command as the user typed it (``python -m seqexp.run ...``, not the module's path)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("seqexp/run.py", "seqexp\\run.py")):
+        argv[0:1] = ["-m", "seqexp.run"]
+    return " ".join(["python", *argv])
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -131,7 +139,7 @@ class RunTracker:
         exp = experiment_id(self.client, self.experiment, self.uri)
         all_tags = {
             "mlflow.source.git.commit": git_commit(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": command_line(),
             **(tags or {}),
         }
         run = self.client.create_run(exp, run_name=name, tags=all_tags)

@@ -15,12 +15,10 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from seqexp.data.encoding import Window, count_split_sentences, encode_split
+from seqexp.data.encoding import IGNORE, Window, count_split_sentences, encode_split
 from seqexp.data.sentences import Sentence
 
 log = logging.getLogger(__name__)
-
-IGNORE = -100
 
 
 def label_vocabulary(train: Sequence[Sentence]) -> list[str]:
