@@ -212,6 +212,8 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Frozen modules are in eval mode on purpose (no dropout in what does not train).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -9,7 +9,9 @@ split gets exactly one prediction, however long its sentence is.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 
 import lightning.pytorch as L
@@ -21,6 +23,8 @@ from seqexp.metrics import evaluate
 from seqexp.models.heads import TaggingHead
 from seqexp.training.freeze import FreezePlan
 from seqexp.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("seqexp")
 
 ALIGNMENTS = ("first", "last", "mean")
 MetricSink = Callable[[dict[str, float], int], None]
@@ -102,10 +106,16 @@ class Tagger(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = 0.0, 0
+        self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
-            self._emit({"train_loss": self._loss_sum / self._loss_count}, self.current_epoch)
+            loss = self._loss_sum / self._loss_count
+            self._emit({"train_loss": loss}, self.current_epoch)
+            dev = self.results.get("dev", {})
+            log.info("epoch %d/%d: train_loss %.4f  val_f1 %.4f  (%.1fs)", self.current_epoch + 1,
+                     self.trainer.max_epochs, loss, dev.get("f1", float("nan")),
+                     time.perf_counter() - self._epoch_started)
 
     # -- evaluation ----------------------------------------------------------
     def _start_eval(self, split: str) -> None:
