@@ -35,8 +35,10 @@ class FreezePlan:
     frozen_modules: list[nn.Module] = field(default_factory=list)
 
     def keep_frozen_in_eval(self) -> None:
+        # Flag by flag, not .eval(): that would recurse into trainable layers below an ancestor.
+        # Every module counts, not only leaves: attention blocks apply dropout functionally.
         for module in self.frozen_modules:
-            module.eval()
+            module.training = False
 
 
 def _albert_groups_for_top_k(encoder: nn.Module, k: int) -> set[int]:
@@ -73,11 +75,7 @@ def apply_freeze(encoder: nn.Module, strategy: str, top_k: int = 0) -> FreezePla
 
     for name, param in encoder.named_parameters():
         param.requires_grad_(is_trainable(name))
-    frozen = [
-        module
-        for name, module in encoder.named_modules()
-        if not any(True for _ in module.children()) and not is_trainable(name)
-    ]
+    frozen = [module for name, module in encoder.named_modules() if not is_trainable(name)]
     plan = FreezePlan(strategy, trainable_layers=trainable, frozen_modules=frozen)
     plan.keep_frozen_in_eval()
     return plan
