@@ -52,6 +52,7 @@ def test_grid_sweep_parent_children_and_rerun_skips(tmp_path, mini_conll):
         grid.add((params["model"], params["freeze"]))
     assert grid == {(m, f) for m in ("tiny-bert", "tiny-albert") for f in ("last", "unfreeze")}
     assert "4 finished, 0 skipped, 0 failed" in proc.stdout
+    check_report_of_real_sweep(tmp_path, sweep_id, children)
 
     # The same command again: every job is already FINISHED, nothing new runs.
     again = sweep(tmp_path, *args)
@@ -110,3 +111,33 @@ def test_run_left_running_by_a_dead_process_is_marked_killed_and_redone(tmp_path
     assert client.get_run(tracker.run_id).info.status == "KILLED"
     _, _, children = runs(tmp_path)
     assert [c.info.status for c in children] == ["FINISHED"]
+
+
+def check_report_of_real_sweep(cwd: Path, sweep_id: str, children) -> None:
+    """``python -m seqexp.report <sweep id>`` on the real sweep: numbers are MLflow's, images exist."""
+    import re
+
+    from seqexp.report import collect_report
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "seqexp.report", sweep_id, "--bootstrap", "200"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = cwd / "reports" / sweep_id
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for png in re.findall(r"\]\(([^)]+\.png)\)", md):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert html.count("data:image/png;base64,") >= 3
+    by_id = {c.info.run_id: c for c in children}
+    assert all(run_id in md for run_id in by_id)
+    data = collect_report(f"sqlite:///{cwd / 'mlruns.db'}", sweep_id, bootstrap=0)
+    rows = data.table()
+    assert len(rows) == 4
+    for row in rows:
+        (run_id,) = row["run_ids"]  # one seed per configuration in this sweep
+        metrics = by_id[run_id].data.metrics
+        for key in ("test_accuracy", "test_precision", "test_recall", "test_f1"):
+            assert row[key]["mean"] == metrics[key]
+    for child in children:
+        f1 = 100 * child.data.metrics["test_f1"]
+        assert f"{f1:.2f}" in md, (child.info.run_name, f1)
