@@ -100,6 +100,8 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # head init independent of data/encoder loading
     head = hydra.utils.instantiate(cfg.head)(hidden_size=encoder.model.config.hidden_size, num_labels=len(labels))
     plan = apply_freeze(encoder.model, cfg.freeze.strategy, cfg.freeze.top_k)
+    if plan.strategy == "last" and cfg.trainer.feature_cache:
+        use_feature_cache(encoder.model, dm, cfg, cache_dir)
     model = torch.compile(encoder.model) if cfg.trainer.compile else encoder.model
     tagger = Tagger(
         model, head, labels, alignment=cfg.alignment, optim_cfg=cfg.optim,
@@ -109,6 +111,19 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
         metric_sink=metric_sink,
     )
     return Built(splits, labels, dm, tagger)
+
+
+def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path) -> None:
+    """Head-only runs: encode every split once (or load it), so epochs never run the encoder."""
+    from seqexp.models.feature_cache import cached_features, encoder_fingerprint
+
+    if cfg.trainer.precision not in ("32-true", "32", 32):
+        log.info("feature cache off: it stores fp32 features, trainer.precision is %s", cfg.trainer.precision)
+        return
+    fp = encoder_fingerprint(encoder)
+    for split, windows in dm.windows.items():
+        dm.use_features(split, cached_features(encoder, windows, cfg.alignment, cache_dir, fp,
+                                               batch_size=cfg.trainer.eval_batch_size))
 
 
 def make_trainer(cfg: DictConfig, callbacks=()):

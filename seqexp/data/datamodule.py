@@ -66,12 +66,19 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 class Collator:
-    """Pads a list of windows into the tensors ``Tagger.forward`` takes."""
+    """Pads the windows of a batch (given by index) into the tensors ``Tagger.forward`` takes.
 
-    def __init__(self, pad_id: int):
+    With precomputed word features (a frozen encoder's, see ``seqexp.models.feature_cache``)
+    the batch also carries them as ``features`` [B, W, H], and the Tagger skips the encoder.
+    """
+
+    def __init__(self, pad_id: int, windows: Sequence[Window], features=None):
         self.pad_id = pad_id
+        self.windows = windows
+        self.features = features
 
-    def __call__(self, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        windows = [self.windows[i] for i in indices]
         b = len(windows)
         t = max(len(w.input_ids) for w in windows)
         n = max(len(w.word_starts) for w in windows)
@@ -91,7 +98,7 @@ class Collator:
             labels[i, :m] = torch.tensor(w.labels)
             word_mask[i, :m] = True
             score_mask[i, w.score_start : w.score_end] = True
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention,
             "word_starts": starts,
@@ -102,6 +109,13 @@ class Collator:
             "sentence": torch.tensor([w.sentence for w in windows]),
             "first_word": torch.tensor([w.first_word for w in windows]),
         }
+        if self.features is not None:
+            feats = torch.zeros((b, n, self.features.vectors.size(-1)), dtype=self.features.vectors.dtype)
+            for row, i in enumerate(indices):
+                vectors = self.features.window(i)
+                feats[row, : len(vectors)] = vectors
+            batch["features"] = feats
+        return batch
 
 
 class TaggingDataModule(L.LightningDataModule):
@@ -122,8 +136,9 @@ class TaggingDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.windows: dict[str, list[Window]] = {}
+        self.features: dict[str, object] = {}
         self.split_counts: dict[str, int] = {}
-        self.collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def setup(self, stage: str | None = None) -> None:
         for name, sentences in self.splits.items():
@@ -137,6 +152,10 @@ class TaggingDataModule(L.LightningDataModule):
                 log.info("%s: %d sentences longer than %d subwords were split into windows",
                          name, self.split_counts[name], self.max_length)
 
+    def use_features(self, split: str, features) -> None:
+        """Serve this split's batches with precomputed word features (frozen encoder)."""
+        self.features[split] = features
+
     def gold(self, split: str) -> list[list[str]]:
         return [list(s.tags) for s in self.splits[split]]
 
@@ -147,7 +166,8 @@ class TaggingDataModule(L.LightningDataModule):
             self.batch_size if train else self.eval_batch_size,
             self.seed, grouped=self.length_grouped, shuffle=train,
         )
-        return DataLoader(windows, batch_sampler=sampler, collate_fn=self.collate,
+        collate = Collator(self.pad_id, windows, self.features.get(split))
+        return DataLoader(range(len(windows)), batch_sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

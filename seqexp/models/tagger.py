@@ -82,6 +82,8 @@ class Tagger(L.LightningModule):
 
     # -- forward -------------------------------------------------------------
     def word_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "features" in batch:  # a frozen encoder's cached output (seqexp.models.feature_cache)
+            return batch["features"]
         with torch.set_grad_enabled(self.encoder_trains and torch.is_grad_enabled()):
             hidden = self.encoder(input_ids=batch["input_ids"],
                                   attention_mask=batch["attention_mask"]).last_hidden_state

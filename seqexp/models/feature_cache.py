@@ -1,0 +1,180 @@
+"""Frozen-encoder feature cache: with ``freeze=last`` the encoder runs once per dataset.
+
+A frozen encoder in eval mode maps each window to fixed word vectors, so every
+head-only run of a sweep can share them. Features are computed in one canonical
+way -- windows of equal token length batched together in window order, so no
+window is ever padded -- and stored in the compute dtype, so the cache gives
+bit-identical vectors to recomputing them without it (``compute_features``).
+Running one window alone (``recompute_window``) agrees to float rounding only:
+CPU matrix kernels may sum in another order for another batch size.
+
+The cache is keyed by everything that changes the vectors: the encoder's
+weights (hashed), the windows' token ids and word spans, the word pooling and
+the dtype. It lives in memory for the jobs of one process and on disk under
+``<cache_dir>/features/`` for other processes; files are written to a temporary
+name and renamed, so concurrent writers never leave a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqexp.data.encoding import Window
+from seqexp.models.tagger import pool_words
+
+log = logging.getLogger(__name__)
+
+FORMAT = 2  # bump when the way features are computed changes
+_MEMORY: dict[str, "WindowFeatures"] = {}  # the jobs of one process (Hydra's basic launcher) share these
+_MEMORY_ENTRIES = 8
+
+
+@dataclass
+class WindowFeatures:
+    """Word vectors of every window, concatenated: window i owns rows offsets[i]:offsets[i+1]."""
+
+    vectors: torch.Tensor  # [total words, hidden]
+    offsets: torch.Tensor  # [windows + 1]
+
+    def window(self, i: int) -> torch.Tensor:
+        return self.vectors[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def nbytes(self) -> int:
+        return self.vectors.element_size() * self.vectors.nelement()
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """Hash of the encoder's class, config and every weight and buffer, byte for byte."""
+    h = hashlib.sha256(type(encoder).__name__.encode())
+    config = getattr(encoder, "config", None)
+    if config is not None:
+        h.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in [*encoder.state_dict().items()]:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def windows_fingerprint(windows: Sequence[Window]) -> str:
+    h = hashlib.sha256()
+    for w in windows:
+        h.update(np.asarray(w.input_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(w.word_starts + w.word_ends, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:20]
+
+
+def _encode(encoder: nn.Module, ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+            alignment: str) -> torch.Tensor:
+    hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    return pool_words(hidden, starts, ends, alignment)
+
+
+@torch.no_grad()
+def recompute_window(encoder: nn.Module, window: Window, alignment: str) -> torch.Tensor:
+    """The reference: one window through the frozen encoder (in eval mode), alone and unpadded."""
+    device = next(encoder.parameters()).device
+    ids = torch.tensor([window.input_ids], device=device)
+    starts = torch.tensor([window.word_starts], device=device)
+    ends = torch.tensor([window.word_ends], device=device)
+    return _encode(encoder, ids, starts, ends, alignment)[0].cpu()
+
+
+@torch.no_grad()
+def compute_features(encoder: nn.Module, windows: Sequence[Window], alignment: str,
+                     batch_size: int = 64) -> WindowFeatures:
+    """Word vectors of every window, batching only windows of equal length (no padding)."""
+    if any(p.requires_grad for p in encoder.parameters()):
+        raise RuntimeError("the feature cache is for a frozen encoder (freeze=last)")
+    modes = {m: m.training for m in encoder.modules()}
+    encoder.eval()
+    try:
+        return _compute(encoder, windows, alignment, batch_size)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _compute(encoder: nn.Module, windows: Sequence[Window], alignment: str, batch_size: int) -> WindowFeatures:
+    device = next(encoder.parameters()).device
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, w in enumerate(windows):
+        by_length[len(w.input_ids)].append(i)
+    counts = torch.tensor([0] + [len(w.word_starts) for w in windows])
+    offsets = counts.cumsum(0)
+    hidden = getattr(getattr(encoder, "config", None), "hidden_size", None)
+    vectors: torch.Tensor | None = None
+    for length, members in by_length.items():
+        for k in range(0, len(members), batch_size):
+            chunk = members[k : k + batch_size]
+            words = max(len(windows[i].word_starts) for i in chunk)
+            ids = torch.tensor([windows[i].input_ids for i in chunk], device=device)
+            starts = torch.zeros((len(chunk), words), dtype=torch.long)
+            ends = torch.ones((len(chunk), words), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                n = len(windows[i].word_starts)
+                starts[row, :n] = torch.tensor(windows[i].word_starts)
+                ends[row, :n] = torch.tensor(windows[i].word_ends)
+            out = _encode(encoder, ids, starts.to(device), ends.to(device), alignment).cpu()
+            if vectors is None:
+                vectors = torch.empty((int(offsets[-1]), hidden or out.size(-1)), dtype=out.dtype)
+            for row, i in enumerate(chunk):
+                vectors[offsets[i] : offsets[i + 1]] = out[row, : counts[i + 1]]
+    if vectors is None:
+        vectors = torch.empty((0, hidden or 0))
+    return WindowFeatures(vectors, offsets)
+
+
+def _remember(key: str, features: WindowFeatures) -> WindowFeatures:
+    _MEMORY[key] = features
+    while len(_MEMORY) > _MEMORY_ENTRIES:
+        _MEMORY.pop(next(iter(_MEMORY)))
+    return features
+
+
+def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: str, cache_dir: Path,
+                    encoder_fp: str, batch_size: int = 64) -> WindowFeatures:
+    """Features from memory, else from disk, else computed and stored (atomically)."""
+    dtype = next(encoder.parameters()).dtype
+    key = hashlib.sha256(
+        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{dtype}".encode()
+    ).hexdigest()[:24]
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = Path(cache_dir).expanduser() / "features" / f"{key}.pt"
+    if path.exists():
+        try:
+            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            features = WindowFeatures(data["vectors"], data["offsets"])
+            if len(features.offsets) == len(windows) + 1:
+                log.info("feature cache: loaded %s (%.1f MB)", path.name, features.nbytes / 2**20)
+                return _remember(key, features)
+        except Exception as exc:  # a damaged file is recomputed, never trusted
+            log.warning("feature cache: ignoring unreadable %s (%s)", path, exc)
+    started = time.perf_counter()
+    features = compute_features(encoder, windows, alignment, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"vectors": features.vectors, "offsets": features.offsets}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("feature cache: encoded %d windows in %.1fs -> %s (%.1f MB)", len(windows),
+             time.perf_counter() - started, path.name, features.nbytes / 2**20)
+    return _remember(key, features)

@@ -1,0 +1,115 @@
+"""The frozen-encoder feature cache: bit-identical to recomputing, keyed right, safe to share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from seqexp.models.feature_cache import (
+    cached_features,
+    compute_features,
+    encoder_fingerprint,
+    recompute_window,
+)
+from seqexp.run import build
+from tests.conftest import REPO, compose
+
+
+def head_only(mini_conll, tmp_path, *extra):
+    cfg = compose(["model=tiny-bert", "freeze=last", f"dataset.data_dir={mini_conll}",
+                   *extra])
+    return cfg, build(cfg)
+
+
+def test_cached_features_are_bit_identical_to_recomputing(mini_conll, tmp_path):
+    """Cached (memory, then disk) == recomputed without any cache, bit for bit; close to one window alone."""
+    from seqexp.models import feature_cache
+
+    cfg, built = head_only(mini_conll, tmp_path, "model.max_length=32")  # some windows split
+    encoder, dm = built.tagger.encoder, built.datamodule
+    for split in ("train", "test"):
+        windows = dm.windows[split]
+        cached = dm.features[split]
+        assert len(cached.offsets) == len(windows) + 1
+        fresh = compute_features(encoder, windows, cfg.alignment, batch_size=cfg.trainer.eval_batch_size)
+        assert torch.equal(cached.vectors, fresh.vectors) and torch.equal(cached.offsets, fresh.offsets)
+        feature_cache._MEMORY.clear()  # now from disk
+        loaded = cached_features(encoder, windows, cfg.alignment, Path(cfg.cache_dir).expanduser(),
+                                 encoder_fingerprint(encoder), batch_size=cfg.trainer.eval_batch_size)
+        assert torch.equal(loaded.vectors, fresh.vectors)
+        head = built.tagger.head.eval()
+        for i in range(0, len(windows), 37):
+            alone = recompute_window(encoder, windows[i], cfg.alignment)
+            assert torch.allclose(cached.window(i), alone, atol=1e-5)
+            assert torch.equal(head(cached.window(i)[None]), head(fresh.window(i)[None]))
+    # The batches the Tagger trains on carry exactly those vectors.
+    batch = next(iter(dm.train_dataloader()))
+    row = int(batch["word_mask"][0].sum())
+    assert torch.equal(built.tagger.word_features(batch)[0, :row], batch["features"][0, :row])
+
+
+def test_key_changes_with_every_input(mini_conll, tmp_path):
+    from seqexp.models import feature_cache
+
+    cfg, built = head_only(mini_conll, tmp_path)
+    encoder, windows = built.tagger.encoder, built.datamodule.windows["dev"]
+    store = tmp_path / "cache"
+    fp = encoder_fingerprint(encoder)
+
+    def files():
+        return sorted(p.name for p in (store / "features").glob("*.pt"))
+
+    def cached_features(*args):
+        feature_cache._MEMORY.clear()  # look at the disk store every time
+        return feature_cache.cached_features(*args)
+
+    cached_features(encoder, windows, "first", store, fp)
+    assert len(files()) == 1
+    cached_features(encoder, windows, "first", store, fp)  # hit: nothing new
+    assert len(files()) == 1
+    cached_features(encoder, windows, "mean", store, fp)  # pooling
+    cached_features(encoder, windows[:-1], "first", store, fp)  # data
+    with torch.no_grad():
+        next(encoder.parameters()).view(-1)[0] += 1e-3
+    fp2 = encoder_fingerprint(encoder)
+    assert fp2 != fp
+    cached_features(encoder, windows, "first", store, fp2)  # weights
+    assert len(files()) == 4
+    _, shorter = head_only(mini_conll, tmp_path, "model.max_length=24")  # tokenisation / windows
+    cached_features(shorter.tagger.encoder, shorter.datamodule.windows["dev"], "first", store,
+                    encoder_fingerprint(shorter.tagger.encoder))
+    assert len(files()) == 5
+
+
+def test_two_processes_share_one_cache(mini_conll, tmp_path):
+    store = tmp_path / "shared-cache"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from seqexp.models.feature_cache import cached_features, encoder_fingerprint
+        from seqexp.run import build
+        from tests.conftest import compose
+        cfg = compose(["model=tiny-bert", "freeze=last", "dataset.data_dir={mini_conll}",
+                       "trainer.feature_cache=false"])
+        built = build(cfg)
+        enc = built.tagger.encoder
+        cached_features(enc, built.datamodule.windows["train"], "first", {str(store)!r}, encoder_fingerprint(enc))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    files = list((store / "features").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"  # no temporary files left behind
+    cfg, built = head_only(mini_conll, tmp_path, "trainer.feature_cache=false")
+    enc = built.tagger.encoder
+    fresh = compute_features(enc, built.datamodule.windows["train"], "first")
+    data = torch.load(files[0], weights_only=True)
+    assert torch.equal(data["vectors"], fresh.vectors) and torch.equal(data["offsets"], fresh.offsets)
