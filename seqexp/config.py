@@ -10,10 +10,12 @@ from omegaconf import DictConfig
 from seqexp.config_errors import ConfigError
 from seqexp.data.sources import validate_dataset_cfg
 from seqexp.models.encoders import encoder_depth
-from seqexp.models.tagger import ALIGNMENTS
 from seqexp.tracking import check_reachable
 from seqexp.training.freeze import STRATEGIES
 from seqexp.training.optim import OPTIMIZERS, SCHEDULES
+
+# How a word's vector is made from its subwords' states (top-level key `alignment`).
+ALIGNMENTS = ("first", "last", "mean")
 
 
 def _positive(cfg: DictConfig, key: str) -> None:

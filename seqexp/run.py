@@ -32,9 +32,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from seqexp.data.sources import DataSourceError
     from seqexp.models.encoders import EncoderUnavailableError
 
-    from seqexp.models.tagger import NonFiniteLossError
-
-    return USER_ERRORS + (DataSourceError, EncoderUnavailableError, NonFiniteLossError)
+    # The Tagger (and torch with it) is imported only once training starts; before that no
+    # NonFiniteLossError can exist, and config errors must not pay seconds of imports.
+    tagger = sys.modules.get("seqexp.models.tagger")
+    training = (tagger.NonFiniteLossError,) if tagger is not None else ()
+    return USER_ERRORS + (DataSourceError, EncoderUnavailableError, *training)
 
 
 def hydra_context() -> tuple[dict[str, str], list[str]]:
@@ -185,6 +187,7 @@ def run(cfg: DictConfig) -> float | None:
     from seqexp.tracking import AXES, RunTracker, run_name
 
     validate(cfg)
+    quiet_libraries()
     choices, overrides = hydra_context()
     axes = {axis: choices.get(axis, "?") for axis in AXES}
     axes["seed"] = str(cfg.seed)
@@ -233,7 +236,6 @@ def quiet_libraries() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    quiet_libraries()
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)

@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from torch import nn
-
 from seqexp.data.sentences import Sentence
 
 if TYPE_CHECKING:  # transformers takes seconds to import; config validation must not pay for it
+    from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 SOURCES = ("hub", "local", "package", "tiny")
@@ -161,6 +160,8 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
     the whole shared stack while the embeddings and the embedding-to-hidden
     projection stay frozen).
     """
+    import torch
+
     base = getattr(model, "base_model", model)
     encoder = getattr(base, "encoder", None)
     candidates = [
@@ -171,7 +172,7 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
         getattr(base, "layers", None),
     ]
     for blocks in candidates:
-        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+        if isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0:
             return list(blocks)
     raise TypeError(f"don't know where {type(model).__name__} keeps its transformer layers")
 
@@ -182,9 +183,11 @@ def embeddings_module(model: nn.Module) -> nn.Module:
     For ALBERT the 128->hidden projection (``encoder.embedding_hidden_mapping_in``)
     is not part of it; it sits between the embeddings and the shared layers.
     """
+    import torch
+
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
-    if isinstance(embeddings, nn.Module):
+    if isinstance(embeddings, torch.nn.Module):
         return embeddings
     raise TypeError(f"don't know where {type(model).__name__} keeps its embeddings")
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqexp.config import ALIGNMENTS
 from seqexp.metrics import evaluate
 from seqexp.models.heads import TaggingHead
 from seqexp.training.freeze import FreezePlan
@@ -26,7 +27,6 @@ from seqexp.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("seqexp")
 
-ALIGNMENTS = ("first", "last", "mean")
 MetricSink = Callable[[dict[str, float], int], None]
 
 

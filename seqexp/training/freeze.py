@@ -19,11 +19,12 @@ is kept in eval mode (no dropout) even after Lightning calls ``.train()``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from seqexp.config_errors import ConfigError
-from seqexp.models.encoders import transformer_layers
+
+if TYPE_CHECKING:
+    from torch import nn
 
 STRATEGIES = ("last", "unfreeze", "top_k")
 
@@ -50,6 +51,8 @@ def _albert_groups_for_top_k(encoder: nn.Module, k: int) -> set[int]:
 
 def _trainable_layer_names(encoder: nn.Module, k: int) -> list[str]:
     """Qualified names of the transformer blocks that train under ``top_k``."""
+    from seqexp.models.encoders import transformer_layers
+
     layers = transformer_layers(encoder)
     names = {id(m): n for n, m in encoder.named_modules()}
     if getattr(encoder.config, "model_type", "") == "albert":

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from seqexp.config_errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -37,6 +39,8 @@ def param_groups(encoder: nn.Module, head: nn.Module, cfg) -> list[dict]:
 
 
 def build_optimizer(encoder: nn.Module, head: nn.Module, cfg) -> torch.optim.Optimizer:
+    import torch
+
     groups = param_groups(encoder, head, cfg)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -69,4 +73,6 @@ def lr_lambda(name: str, total_steps: int, warmup_ratio: float):
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.name, total_steps, cfg.warmup_ratio))
