@@ -4,6 +4,7 @@
 #   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db
 #   make report  EXP=<experiment or sweep id>: reports/<EXP>/report.{md,html}
 #   make run     ARGS="model=tiny-bert freeze=last ...": one run (or ARGS="-m ..." a sweep)
+#   make bench   seqexp against the Hugging Face Trainer recipe (benchmarks/README.md)
 SHELL := /bin/bash
 PY := .venv/bin/python
 # This machine ships a CPU build of torch on local disk; elsewhere PyPI's torch is used.
@@ -14,14 +15,14 @@ PORT ?= 5000
 
 EXP ?= demo
 
-.PHONY: install test demo run report ui clean
+.PHONY: install test demo run report ui bench clean
 
 install: .venv/.installed
 
 .venv/.installed: pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check uv
 	$(UV) venv -q --seed --allow-existing --python python3 .venv
-	$(UV) pip install -q --python $(PY) --compile-bytecode $(WHEELS) -e ".[minilm,test]"
+	$(UV) pip install -q --python $(PY) --compile-bytecode $(WHEELS) -e ".[minilm,test,bench]"
 	@touch $@
 
 test: install
@@ -41,6 +42,11 @@ report: install
 
 ui: install
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_DB)) --host 127.0.0.1 --port $(PORT)
+
+# seqexp against the Hugging Face Trainer recipe on this machine (needs a quiet machine):
+# writes benchmarks/results/<date>.{json,md}.  make bench ARGS="--quick --force" is a smoke test.
+bench: install
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun reports lightning_logs

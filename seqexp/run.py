@@ -6,6 +6,7 @@ fit -> test on every word -> log metrics and artifacts.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -124,8 +125,8 @@ def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path) -> None:
         return
     fp = encoder_fingerprint(encoder)
     for split, windows in dm.windows.items():
-        dm.use_features(split, cached_features(encoder, windows, cfg.alignment, cache_dir, fp,
-                                               batch_size=cfg.trainer.eval_batch_size))
+        dm.use_features(split, functools.partial(cached_features, encoder, windows, cfg.alignment, cache_dir, fp,
+                                                 batch_size=cfg.trainer.eval_batch_size))
 
 
 def make_trainer(cfg: DictConfig, callbacks=()):

@@ -152,9 +152,19 @@ class TaggingDataModule(L.LightningDataModule):
                 log.info("%s: %d sentences longer than %d subwords were split into windows",
                          name, self.split_counts[name], self.max_length)
 
-    def use_features(self, split: str, features) -> None:
-        """Serve this split's batches with precomputed word features (frozen encoder)."""
-        self.features[split] = features
+    def use_features(self, split: str, provider) -> None:
+        """Serve this split's batches with a frozen encoder's word features.
+
+        ``provider()`` computes or loads them; it is called when the split is first
+        needed, so e.g. the test split is encoded only when testing starts.
+        """
+        self.features[split] = provider
+
+    def split_features(self, split: str):
+        provider = self.features.get(split)
+        if callable(provider):
+            self.features[split] = provider = provider()
+        return provider
 
     def gold(self, split: str) -> list[list[str]]:
         return [list(s.tags) for s in self.splits[split]]
@@ -166,7 +176,7 @@ class TaggingDataModule(L.LightningDataModule):
             self.batch_size if train else self.eval_batch_size,
             self.seed, grouped=self.length_grouped, shuffle=train,
         )
-        collate = Collator(self.pad_id, windows, self.features.get(split))
+        collate = Collator(self.pad_id, windows, self.split_features(split))
         return DataLoader(range(len(windows)), batch_sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers)
 

@@ -2,11 +2,11 @@
 
 A frozen encoder in eval mode maps each window to fixed word vectors, so every
 head-only run of a sweep can share them. Features are computed in one canonical
-way -- windows of equal token length batched together in window order, so no
-window is ever padded -- and stored in the compute dtype, so the cache gives
+way -- windows sorted by length (then index) and cut into fixed-size batches,
+as evaluation does -- and stored in the compute dtype, so the cache gives
 bit-identical vectors to recomputing them without it (``compute_features``).
 Running one window alone (``recompute_window``) agrees to float rounding only:
-CPU matrix kernels may sum in another order for another batch size.
+CPU matrix kernels may sum in another order for another batch shape.
 
 The cache is keyed by everything that changes the vectors: the encoder's
 weights (hashed), the windows' token ids and word spans, the word pooling and
@@ -22,7 +22,6 @@ import logging
 import os
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from seqexp.models.tagger import pool_words
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the way features are computed changes
+FORMAT = 3  # bump when the way features are computed changes
 _MEMORY: dict[str, "WindowFeatures"] = {}  # the jobs of one process (Hydra's basic launcher) share these
 _MEMORY_ENTRIES = 8
 
@@ -77,9 +76,9 @@ def windows_fingerprint(windows: Sequence[Window]) -> str:
     return h.hexdigest()[:20]
 
 
-def _encode(encoder: nn.Module, ids: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
-            alignment: str) -> torch.Tensor:
-    hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+def _encode(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor,
+            ends: torch.Tensor, alignment: str) -> torch.Tensor:
+    hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     return pool_words(hidden, starts, ends, alignment)
 
 
@@ -90,13 +89,13 @@ def recompute_window(encoder: nn.Module, window: Window, alignment: str) -> torc
     ids = torch.tensor([window.input_ids], device=device)
     starts = torch.tensor([window.word_starts], device=device)
     ends = torch.tensor([window.word_ends], device=device)
-    return _encode(encoder, ids, starts, ends, alignment)[0].cpu()
+    return _encode(encoder, ids, torch.ones_like(ids), starts, ends, alignment)[0].cpu()
 
 
 @torch.no_grad()
 def compute_features(encoder: nn.Module, windows: Sequence[Window], alignment: str,
                      batch_size: int = 64) -> WindowFeatures:
-    """Word vectors of every window, batching only windows of equal length (no padding)."""
+    """Word vectors of every window, in the canonical (length-sorted, fixed-size) batches."""
     if any(p.requires_grad for p in encoder.parameters()):
         raise RuntimeError("the feature cache is for a frozen encoder (freeze=last)")
     modes = {m: m.training for m in encoder.modules()}
@@ -110,29 +109,31 @@ def compute_features(encoder: nn.Module, windows: Sequence[Window], alignment: s
 
 def _compute(encoder: nn.Module, windows: Sequence[Window], alignment: str, batch_size: int) -> WindowFeatures:
     device = next(encoder.parameters()).device
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, w in enumerate(windows):
-        by_length[len(w.input_ids)].append(i)
+    order = sorted(range(len(windows)), key=lambda i: (len(windows[i].input_ids), i))
     counts = torch.tensor([0] + [len(w.word_starts) for w in windows])
     offsets = counts.cumsum(0)
     hidden = getattr(getattr(encoder, "config", None), "hidden_size", None)
     vectors: torch.Tensor | None = None
-    for length, members in by_length.items():
-        for k in range(0, len(members), batch_size):
-            chunk = members[k : k + batch_size]
-            words = max(len(windows[i].word_starts) for i in chunk)
-            ids = torch.tensor([windows[i].input_ids for i in chunk], device=device)
-            starts = torch.zeros((len(chunk), words), dtype=torch.long)
-            ends = torch.ones((len(chunk), words), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                n = len(windows[i].word_starts)
-                starts[row, :n] = torch.tensor(windows[i].word_starts)
-                ends[row, :n] = torch.tensor(windows[i].word_ends)
-            out = _encode(encoder, ids, starts.to(device), ends.to(device), alignment).cpu()
-            if vectors is None:
-                vectors = torch.empty((int(offsets[-1]), hidden or out.size(-1)), dtype=out.dtype)
-            for row, i in enumerate(chunk):
-                vectors[offsets[i] : offsets[i + 1]] = out[row, : counts[i + 1]]
+    for k in range(0, len(order), batch_size):
+        chunk = order[k : k + batch_size]
+        tokens = max(len(windows[i].input_ids) for i in chunk)
+        words = max(len(windows[i].word_starts) for i in chunk)
+        ids = torch.zeros((len(chunk), tokens), dtype=torch.long)
+        mask = torch.zeros((len(chunk), tokens), dtype=torch.long)
+        starts = torch.zeros((len(chunk), words), dtype=torch.long)
+        ends = torch.ones((len(chunk), words), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            w = windows[i]
+            ids[row, : len(w.input_ids)] = torch.tensor(w.input_ids)
+            mask[row, : len(w.input_ids)] = 1
+            starts[row, : len(w.word_starts)] = torch.tensor(w.word_starts)
+            ends[row, : len(w.word_ends)] = torch.tensor(w.word_ends)
+        out = _encode(encoder, ids.to(device), mask.to(device), starts.to(device), ends.to(device),
+                      alignment).cpu()
+        if vectors is None:
+            vectors = torch.empty((int(offsets[-1]), hidden or out.size(-1)), dtype=out.dtype)
+        for row, i in enumerate(chunk):
+            vectors[offsets[i] : offsets[i + 1]] = out[row, : counts[i + 1]]
     if vectors is None:
         vectors = torch.empty((0, hidden or 0))
     return WindowFeatures(vectors, offsets)

@@ -34,7 +34,7 @@ def test_cached_features_are_bit_identical_to_recomputing(mini_conll, tmp_path):
     encoder, dm = built.tagger.encoder, built.datamodule
     for split in ("train", "test"):
         windows = dm.windows[split]
-        cached = dm.features[split]
+        cached = dm.split_features(split)
         assert len(cached.offsets) == len(windows) + 1
         fresh = compute_features(encoder, windows, cfg.alignment, batch_size=cfg.trainer.eval_batch_size)
         assert torch.equal(cached.vectors, fresh.vectors) and torch.equal(cached.offsets, fresh.offsets)

