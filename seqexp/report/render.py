@@ -77,7 +77,7 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
             parts.append("\n".join(lines))
         elif isinstance(b, Image):
-            rel = Path(b.path).resolve().relative_to(base.resolve()) if Path(b.path).is_absolute() else b.path
+            rel = Path(b.path).resolve().relative_to(base.resolve())
             parts.append(f"![{b.alt}]({Path(rel).as_posix()})")
     return "\n\n".join(parts) + "\n"
 
