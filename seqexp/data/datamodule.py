@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import lightning.pytorch as L
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 
 from seqexp.data.encoding import IGNORE, Window, count_split_sentences, encode_split
@@ -76,45 +77,39 @@ class Collator:
         self.pad_id = pad_id
         self.windows = windows
         self.features = features
+        self._tensors: list[tuple[torch.Tensor, ...] | None] = [None] * len(windows)
+
+    def _window(self, i: int) -> tuple[torch.Tensor, ...]:
+        """A window's tensors, built once: later epochs only pad and stack."""
+        cached = self._tensors[i]
+        if cached is None:
+            w = self.windows[i]
+            score = torch.zeros(len(w.word_starts), dtype=torch.bool)
+            score[w.score_start : w.score_end] = True
+            cached = self._tensors[i] = (torch.tensor(w.input_ids), torch.tensor(w.word_starts),
+                                         torch.tensor(w.word_ends), torch.tensor(w.labels), score)
+        return cached
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        windows = [self.windows[i] for i in indices]
-        b = len(windows)
-        t = max(len(w.input_ids) for w in windows)
-        n = max(len(w.word_starts) for w in windows)
-        input_ids = torch.full((b, t), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((b, t), dtype=torch.long)
-        starts = torch.zeros((b, n), dtype=torch.long)
-        ends = torch.ones((b, n), dtype=torch.long)
-        labels = torch.full((b, n), IGNORE, dtype=torch.long)
-        word_mask = torch.zeros((b, n), dtype=torch.bool)
-        score_mask = torch.zeros((b, n), dtype=torch.bool)
-        for i, w in enumerate(windows):
-            k, m = len(w.input_ids), len(w.word_starts)
-            input_ids[i, :k] = torch.tensor(w.input_ids)
-            attention[i, :k] = 1
-            starts[i, :m] = torch.tensor(w.word_starts)
-            ends[i, :m] = torch.tensor(w.word_ends)
-            labels[i, :m] = torch.tensor(w.labels)
-            word_mask[i, :m] = True
-            score_mask[i, w.score_start : w.score_end] = True
+        ids, starts, ends, labels, score = zip(*(self._window(i) for i in indices))
+        tokens = torch.tensor([len(x) for x in ids])
+        words = torch.tensor([len(x) for x in starts])
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=self.pad_id)
+        positions = torch.arange(input_ids.size(1))
+        word_positions = torch.arange(int(words.max()))
         batch = {
             "input_ids": input_ids,
-            "attention_mask": attention,
-            "word_starts": starts,
-            "word_ends": ends,
-            "labels": labels,
-            "word_mask": word_mask,
-            "score_mask": score_mask,
-            "sentence": torch.tensor([w.sentence for w in windows]),
-            "first_word": torch.tensor([w.first_word for w in windows]),
+            "attention_mask": (positions[None, :] < tokens[:, None]).long(),
+            "word_starts": pad_sequence(starts, batch_first=True, padding_value=0),
+            "word_ends": pad_sequence(ends, batch_first=True, padding_value=1),
+            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE),
+            "word_mask": word_positions[None, :] < words[:, None],
+            "score_mask": pad_sequence(score, batch_first=True, padding_value=False),
+            "sentence": torch.tensor([self.windows[i].sentence for i in indices]),
+            "first_word": torch.tensor([self.windows[i].first_word for i in indices]),
         }
         if self.features is not None:
-            feats = torch.zeros((b, n, self.features.vectors.size(-1)), dtype=self.features.vectors.dtype)
-            for row, i in enumerate(indices):
-                vectors = self.features.window(i)
-                feats[row, : len(vectors)] = vectors
-            batch["features"] = feats
+            batch["features"] = pad_sequence([self.features.window(i) for i in indices], batch_first=True)
         return batch
 
 
