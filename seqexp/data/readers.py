@@ -8,7 +8,10 @@ benchmark can have:
 * every error message starts with ``path:line:`` and says how to fix it;
 * bytes are decoded once per file, and a decoding error is mapped back to its
   line; UTF-16/UTF-32 are recognised by their byte-order mark and a UTF-8 BOM
-  is dropped, because editors on Windows add them.
+  is dropped, because editors on Windows add them; NUL bytes (UTF-16 without a
+  mark) are an error; CRLF and a lone CR end a line like LF;
+* a tag holding whitespace (or, with ``separator=space``, a word holding a tab)
+  means tabs and spaces were mixed as separators, and is an error.
 
 The hot paths avoid a Python-level loop per line (MSRA has 2.2M lines): the
 file is split with C-level ``str`` methods and sentence boundaries are found
@@ -59,8 +62,17 @@ class DataFileMissingError(DataFormatError, FileNotFoundError):
     """A data file the config points at does not exist (catchable as either parent)."""
 
 
+def _wide(encoding: str) -> bool:
+    """True for UTF-16/UTF-32, where NUL bytes are normal."""
+    try:
+        return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    except LookupError:
+        return False  # the decode below reports the unknown name
+
+
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """Decode a whole file: CRLF becomes LF, a byte-order mark picks the codec and is removed."""
+    """Decode a whole file: CRLF and lone CR become LF, a byte-order mark picks the codec and is
+    removed, and NUL bytes (UTF-16 without a mark) are an error rather than garbage words."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -80,6 +92,16 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
         if data.startswith(bom):
             data, encoding = data[len(bom) :], bom_encoding
             break
+    nul = data.find(b"\x00")
+    if nul >= 0 and not _wide(encoding):
+        # ASCII in UTF-16 is valid UTF-8 with a NUL after every letter: it would decode
+        # silently into garbage words, so say what the file most likely is.
+        line = data.count(b"\n", 0, nul) + 1
+        raise DataFormatError(
+            f"{path}:{line}: NUL byte(s) in a file read as {encoding} "
+            f"(`dataset.encoding`={declared}); it looks like UTF-16 without a byte-order mark: set "
+            f"`dataset.encoding=utf-16-le` (or utf-16-be), or re-encode it (`iconv -f utf-16 -t utf-8`)"
+        )
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
@@ -94,7 +116,8 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
         raise DataFormatError(
             f"{path}:1: unknown encoding {encoding!r}; set `dataset.encoding` to a Python codec name such as utf-8"
         ) from None
-    return text.replace("\r\n", "\n") if "\r" in text else text
+    # Universal newlines, as Python's text mode: CRLF (Windows) and a lone CR (classic Mac).
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _split_lines(text: str) -> list[str]:
@@ -136,8 +159,7 @@ def first_token_line(
         text = head.decode(encoding, errors="replace")
     except LookupError:
         return None
-    for number, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
+    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
         if line.strip() and not line.startswith(skip):
             return number, line
     return None
@@ -208,6 +230,28 @@ def _empty_check(
         )
 
 
+def _mixed_separator_check(
+    path: Path, rows: Sequence[int], lines: list[str], words: list[str], tags: list[str],
+    separator: str, has_tab: bool,
+) -> None:
+    """Reject what mixing tabs and spaces as separators leaves behind: a tag holding whitespace
+    (``word<TAB>POS TAG`` split on the tab) or, with ``separator=space``, a word holding a tab.
+    Without a tab in the file, fields come from splitting on spaces: nothing to check."""
+    if not has_tab:
+        return
+    bad = next((tag for tag in set(tags) if any(map(str.isspace, tag))), None)
+    k = tags.index(bad) if bad is not None else None
+    if k is None and separator == "space":
+        k = next((k for k, word in enumerate(words) if "\t" in word), None)
+    if k is not None:
+        what = f"tag {tags[k]!r}" if bad is not None else f"word {words[k]!r}"
+        raise DataFormatError(
+            f"{path}:{rows[k] + 1}: {what} contains whitespace: the columns of {lines[rows[k]]!r} mix tabs "
+            f"and spaces (`dataset.separator`={separator}); separate the columns of every line the same way: "
+            f"all tabs, or all spaces"
+        )
+
+
 def read_conll(
     path: str | Path,
     *,
@@ -262,6 +306,12 @@ def _read_conll(
             f"{col + 1 if col >= 0 else -col}; set `dataset.columns.{which}` to a column that exists "
             f"(0-based, -1 = last) or check `dataset.separator`={separator}"
         )
+    if wi == ti:  # a one-column file with word=0, tag=-1 would silently tag each word with itself
+        raise DataFormatError(
+            f"{path}:{first}: line has {ncols} column(s), so `dataset.columns.word`={word_col} and "
+            f"`dataset.columns.tag`={tag_col} are the same column: the label column is missing; add it, "
+            f"or check `dataset.columns` and `dataset.separator`={separator}"
+        )
     if flat is not None:
         words, tags = flat[0][wi::ncols], flat[0][ti::ncols]
     else:
@@ -279,6 +329,7 @@ def _read_conll(
         words = [prefix.sub("", word, count=1) for word in words]
     _empty_check(path, rows, lines, words, tags,
                  f" after removing `dataset.token_prefix`={token_prefix!r}" if token_prefix else "")
+    _mixed_separator_check(path, rows, lines, words, tags, separator, "\t" in text)
     return _group(path, blank, rows, words, tags)
 
 

@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
 from collections.abc import Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,12 @@ def _check_columns(cfg: Mapping, train: Path) -> None:
                 f"`dataset.columns.{key}`: column {col} does not exist in {train}:{number}, which has {ncols} "
                 f"column(s) when split by `dataset.separator`={separator}; columns are 0-based, -1 is the last"
             )
+    if cfg["columns"]["word"] % ncols == cfg["columns"]["tag"] % ncols:
+        raise ConfigError(
+            f"`dataset.columns.tag`: {train}:{number} has {ncols} column(s), so the tag column "
+            f"{cfg['columns']['tag']} is the word column {cfg['columns']['word']}: the label column is missing; "
+            f"add it to the file, or set `dataset.columns.tag` to another column"
+        )
 
 
 def validate_dataset_cfg(cfg: Mapping) -> None:
@@ -339,6 +347,8 @@ def load_splits(dataset_cfg: Mapping, cache_dir: Path) -> dict[str, list[Sentenc
 
     A dataset without dev gets the last 10% of train (deterministic, logged);
     ``max_train_sentences`` then keeps the first N of what is left of train.
+    Duplicate sentences are kept and logged with their count; dev/test labels that
+    train lacks are kept in the gold tags and warned about (see ``_warn_unseen_labels``).
     """
     cfg = dataset_cfg
     validate_dataset_cfg(cfg)
@@ -371,4 +381,36 @@ def load_splits(dataset_cfg: Mapping, cache_dir: Path) -> dict[str, list[Sentenc
     if limit is not None and limit < len(splits["train"]):
         log.info("%s: keeping the first %d of %d train sentences", cfg.get("name"), limit, len(splits["train"]))
         splits["train"] = splits["train"][:limit]
+    _report_duplicates(splits, cfg.get("name"))
+    _warn_unseen_labels(splits, cfg.get("name"))
     return {split: splits[split] for split in SPLITS}
+
+
+def _report_duplicates(splits: Mapping[str, list[Sentence]], name: str) -> None:
+    """Duplicate sentences (same words and tags) are kept, each trained on or scored: say how many."""
+    for split in SPLITS:
+        keys = [(s.words, s.tags) for s in splits[split]]
+        duplicates = len(keys) - len(set(keys))
+        if duplicates:
+            seen: set = set()
+            # the first key already seen (set.add returns None, so each new key is added and skipped)
+            first = next(s.origin for s, key in zip(splits[split], keys) if key in seen or seen.add(key))
+            log.info("%s/%s: %d of %d sentences repeat an earlier one (same words and tags, first at %s); "
+                     "all are kept and each is %s", name, split, duplicates, len(splits[split]), first,
+                     "trained on" if split == "train" else "scored")
+
+
+def _warn_unseen_labels(splits: Mapping[str, list[Sentence]], name: str) -> None:
+    """Dev/test labels absent from train: the model cannot predict them, so every such word is
+    scored as an error (its gold tag stays in the gold sequences) and gets no loss (its label id
+    is ``IGNORE``, see :mod:`seqexp.data.encoding`). Warn, naming the split, labels and counts."""
+    known = set(chain.from_iterable(s.tags for s in splits["train"]))
+    for split in ("dev", "test"):
+        counts = Counter(chain.from_iterable(s.tags for s in splits[split]))
+        unseen = {tag: n for tag, n in counts.items() if tag not in known}
+        if unseen:
+            log.warning(
+                "%s/%s: %d word(s) have label(s) never seen in train: %s; the model cannot predict them, "
+                "so they are scored as errors and get no loss", name, split, sum(unseen.values()),
+                ", ".join(f"{tag} ({n})" for tag, n in sorted(unseen.items())),
+            )

@@ -239,6 +239,46 @@ def test_missing_file(tmp_path: Path) -> None:
     assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, DataFormatError)
 
 
+def test_tabs_and_spaces_mixed(tmp_path: Path) -> None:
+    # Tab on some lines, spaces on others: each line is split by what it has.
+    assert pairs(read_conll(write(tmp_path, "EU B-ORG\nrejects\tO\n\nPeter  B-PER\nBlackburn \t I-PER\n"))) == EXPECTED
+    # Tab then space inside one line: split on the tab, the tag would hold a space.
+    for separator in ("auto", "tab"):
+        path = write(tmp_path, "EU\tB-ORG\nrejects\tVBZ O\n")
+        with pytest.raises(DataFormatError, match=rf"^{path}:2: tag 'VBZ O' contains whitespace.*mix tabs and spaces"):
+            read_conll(path, separator=separator)
+    # separator=space, a tab inside a line: the word would hold a tab.
+    path = write(tmp_path, "EU B-ORG\nrejects\tVBZ O\n")
+    with pytest.raises(DataFormatError, match=rf"^{path}:2: word 'rejects\\tVBZ' contains whitespace"):
+        read_conll(path, separator="space")
+    # Space on one line, tab on another, different column counts: named by line.
+    path = write(tmp_path, "EU NNP\tB-ORG\nrejects VBZ O\n")
+    with pytest.raises(DataFormatError, match=f"^{path}:2: line has 3 column.*line 1 has 2"):
+        read_conll(path)
+
+
+def test_missing_label_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "\nEU\nrejects\n")  # word=0, tag=-1 would be the same column
+    with pytest.raises(DataFormatError, match=f"^{path}:2: line has 1 column.*the label column is missing"):
+        read_conll(path)
+    path = write(tmp_path, "EU B-ORG\nrejects\n")  # missing on one line only
+    with pytest.raises(DataFormatError, match=f"^{path}:2: line has 1 column.*line 1 has 2"):
+        read_conll(path)
+
+
+def test_utf16_without_bom_is_named_not_misread(tmp_path: Path) -> None:
+    # ASCII UTF-16 is valid UTF-8 with NULs between letters: it must not become garbage words.
+    for text in ("EU B-ORG\n\nPeter B-PER\n", "Zürich B-LOC\n"):
+        path = write(tmp_path, text.encode("utf-16-le"))
+        with pytest.raises(DataFormatError, match=f"^{path}:1: NUL byte.*UTF-16 without a byte-order mark"):
+            read_conll(path)
+        assert [s.tags for s in read_conll(path, encoding="utf-16-le")][0][0] in ("B-ORG", "B-LOC")
+
+
+def test_lone_cr_line_endings(tmp_path: Path) -> None:
+    assert pairs(read_conll(write(tmp_path, SIMPLE.replace("\n", "\r")))) == EXPECTED
+
+
 def test_wikiann_prefix(tmp_path: Path) -> None:
     path = write(tmp_path, "en:Sioux\tB-ORG\nen:Falls\tI-ORG\nen:re:publica\tO\nen:\tO\n")
     with pytest.raises(DataFormatError, match=f"^{path}:4: empty word after removing"):

@@ -138,6 +138,53 @@ def test_strict_rejects_and_lenient_repairs_with_a_count(tmp_path: Path, caplog:
     assert "repaired 1 invalid IOB2 tag(s) in 1 sentence(s)" in caplog.text
 
 
+def test_labels_unseen_in_train_are_kept_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = write_corpus(tmp_path / "d", "a B-NP\nb O\n\nc B-VP\n\nd O\n",
+                          test="a B-NP\nb B-ADJP\nc I-ADJP\n\nd B-PP\ne B-PP\n")
+    with caplog.at_level(logging.WARNING, logger="seqexp.data.sources"):
+        splits = load_splits(small_cfg(folder), tmp_path)
+    assert [s.tags for s in splits["test"]] == [("B-NP", "B-ADJP", "I-ADJP"), ("B-PP", "B-PP")]  # gold kept
+    assert [r.getMessage() for r in caplog.records] == [
+        "conll2000/test: 4 word(s) have label(s) never seen in train: B-ADJP (1), B-PP (2), I-ADJP (1); "
+        "the model cannot predict them, so they are scored as errors and get no loss"]
+
+
+def test_duplicate_sentences_are_kept_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = write_corpus(tmp_path / "d", "a B-NP\n\nb O\n\na B-NP\n\na O\n\na B-NP\n")
+    with caplog.at_level(logging.INFO, logger="seqexp.data.sources"):
+        splits = load_splits(small_cfg(folder, files={"train": "train.txt", "dev": "train.txt", "test": "test.txt"}),
+                             tmp_path)
+    assert [s.words for s in splits["train"]] == [("a",), ("b",), ("a",), ("a",), ("a",)]
+    path = folder / "train.txt"
+    assert f"conll2000/train: 2 of 5 sentences repeat an earlier one (same words and tags, first at {path}:5); " \
+           "all are kept and each is trained on" in caplog.text
+    assert "conll2000/dev: 2 of 5 sentences repeat an earlier one" in caplog.text and "each is scored" in caplog.text
+    assert "conll2000/test:" not in caplog.text  # one sentence, no duplicate
+
+
+@pytest.mark.parametrize("missing", ["dev", "test"])
+def test_folder_missing_a_split(tmp_path: Path, missing: str) -> None:
+    folder = write_corpus(tmp_path / "d", "a B-NP\n\nb O\n")
+    (folder / "dev.txt").write_text("a B-NP\n")
+    (folder / f"{missing}.txt").unlink()  # a folder with train and one of dev/test
+    files = {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"}
+    absent = folder / f"{missing}.txt"
+    with pytest.raises(ConfigError, match=f"^`dataset.files.{missing}`: file {absent} does not exist"):
+        load_splits(small_cfg(folder, files=files), tmp_path)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_missing_label_column_is_a_config_error(tmp_path: Path, newline: str) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "train.txt").write_bytes("-DOCSTART-\n\nEU\nrejects\n".replace("\n", newline).encode())
+    (folder / "test.txt").write_text("x O\n")
+    with pytest.raises(ConfigError) as err:
+        validate_dataset_cfg(small_cfg(folder))  # word 0, tag -1: one column is both
+    assert str(err.value).startswith(f"`dataset.columns.tag`: {folder / 'train.txt'}:3 has 1 column(s)")
+    assert "label column is missing" in str(err.value)
+
+
 # ------------------------------------------------------------ config validation
 
 
