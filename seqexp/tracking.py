@@ -3,13 +3,18 @@
 The embedded default is a sqlite store in the working directory. Any MLflow URI
 works (``http://`` servers included); an unreachable one is reported before any
 training starts, naming ``tracking.uri``.
+
+A server lost mid-run does not stop training: the run's writes are buffered and
+retried, flushed for up to ``tracking.outage_wait_s`` seconds at the end, and
+saved to a local JSON file if the server stays down (``python -m seqexp.tracking
+replay FILE`` delivers it later). The details are in ``seqexp/tracking_buffer.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
-import time
 import traceback
 import urllib.error
 import urllib.request
@@ -20,12 +25,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seqexp.config_errors import ConfigError
+from seqexp.tracking_buffer import (KILLED_WAIT_S, Outbox, TrackingUnavailableError, metrics_op, params_op,
+                                    tags_op, terminate_op, text_op)
 
 # Grid axes: the config groups whose chosen option names become short top-level params.
 AXES = ("model", "dataset", "freeze", "optim", "scheduler", "head")
 # Overrides that say where things are or how long to train, not what is compared: kept out of run names.
-_NOT_IN_NAME = ("dataset.", "trainer.", "tracking.", "cache_dir", "hydra.", "experiment", "rerun")
+_NOT_IN_NAME = ("dataset.", "trainer.", "tracking.", "cache_dir", "hydra.", "experiment", "rerun", "resume")
 _MAX_PARAM = 6000
+# Default of `tracking.outage_wait_s`: how long the end of a run waits for a lost server.
+OUTAGE_WAIT_S = 120.0
+log = logging.getLogger("seqexp.tracking")
 
 
 def resolve_uri(uri: str) -> str:
@@ -126,16 +136,30 @@ def git_commit() -> str:
 class RunTracker:
     """One MLflow run. A context manager: leaves the run FINISHED, FAILED or KILLED."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, outage_wait_s: float | None = None):
         self.uri = resolve_uri(uri)
         self.experiment = experiment
         self.client = None
         self.run_id: str | None = None
+        # Writes the server has not taken yet (seqexp/tracking_buffer.py); None: tracking.outage_wait_s.
+        self.outage_wait_s = outage_wait_s
+        self.outbox = Outbox(self.uri, experiment)
 
-    def start(self, cfg: DictConfig, name: str, axes: Mapping[str, str], tags: Mapping[str, str] | None = None) -> str:
-        from mlflow.entities import Param, RunTag
-
+    def start(self, cfg: DictConfig, name: str, axes: Mapping[str, str], tags: Mapping[str, str] | None = None,
+              resume_run_id: str | None = None) -> str:
+        """Create the run, or with ``resume_run_id`` reopen that KILLED/FAILED run (RUNNING again, params kept)."""
         self.client = client(self.uri)
+        if self.outage_wait_s is None:
+            self.outage_wait_s = float(OmegaConf.select(cfg, "tracking.outage_wait_s", default=OUTAGE_WAIT_S))
+        if resume_run_id is not None:
+            error = self.client.get_run(resume_run_id).data.tags.get("error")
+            if error is not None:  # what ended it before is history now, not this run's outcome
+                self.client.delete_tag(resume_run_id, "error")
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.run_id = resume_run_id
+            history = {"resumed_after_error": error} if error is not None else {}
+            self._send(tags_op({"command": command_line(), **history, **(tags or {})}))
+            return self.run_id
         exp = experiment_id(self.client, self.experiment, self.uri)
         all_tags = {
             "mlflow.source.git.commit": git_commit(),
@@ -146,31 +170,26 @@ class RunTracker:
         self.run_id = run.info.run_id
         params = flatten(cfg)
         params.update({k: str(v) for k, v in axes.items()})
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
-        self.client.log_batch(self.run_id, tags=[RunTag("mlflow.runName", name)], synchronous=True)
+        self._send(params_op(params))
+        self._send(tags_op({"mlflow.runName": name}))
         return self.run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
+    def _send(self, op: dict) -> None:
+        """Every write goes through the outbox: kept and retried while the server is unreachable."""
+        self.outbox.client, self.outbox.run_id = self.client, self.run_id
+        self.outbox.send(op)
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500], synchronous=True)
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self._send(metrics_op(dict(metrics), step))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+        self._send(params_op(dict(params)))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value)[:5000])
+        self._send(tags_op(dict(tags)))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._send(text_op(text, artifact_file))
 
     def __enter__(self) -> "RunTracker":
         return self
@@ -178,13 +197,30 @@ class RunTracker:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.run_id is None:
             return False
+        wait = OUTAGE_WAIT_S if self.outage_wait_s is None else self.outage_wait_s
+        self.outbox.client, self.outbox.run_id = self.client, self.run_id
         if exc_type is None:
-            self.client.set_terminated(self.run_id, "FINISHED")
+            self.outbox.pending.append(terminate_op("FINISHED"))
+            errors = self.outbox.finish(wait)  # TrackingUnavailableError if the server stays down
+            if errors:
+                raise errors[0]
             return False
-        status = "KILLED" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        killed = issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+        # Queued, not sent one by one, so that the final status is attempted whatever fails before it.
+        self.outbox.pending += [
+            tags_op({"error": f"{exc_type.__name__}: {exc}"}),
+            text_op("".join(traceback.format_exception(exc_type, exc, tb)), "traceback.txt"),
+            terminate_op("KILLED" if killed else "FAILED"),
+        ]
         try:
-            self.set_tags({"error": f"{exc_type.__name__}: {exc}"})
-            self.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "traceback.txt")
-        finally:
-            self.client.set_terminated(self.run_id, status)
+            for error in self.outbox.finish(min(wait, KILLED_WAIT_S) if killed else wait):
+                log.error("recording the failure in MLflow: %s", error)
+        except TrackingUnavailableError as err:
+            log.error("%s", err)
         return False
+
+
+if __name__ == "__main__":
+    from seqexp.tracking_buffer import main
+
+    sys.exit(main())
