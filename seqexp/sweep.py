@@ -11,7 +11,9 @@ table and fails the command if any job failed.
 A sweep's identity is its command (experiment + overrides + sweeper params):
 rerunning the same command reopens the same parent run, and each job whose
 config fingerprint already has a FINISHED run is skipped (``rerun=true``
-forces it). A RUNNING run whose process is gone is marked KILLED and redone.
+forces it). A RUNNING run whose process is gone is marked KILLED; a KILLED or
+FAILED run that left a checkpoint continues in the same MLflow run
+(``seqexp.training.checkpoints``), any other is redone.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ log = logging.getLogger("seqexp.sweep")
 SWEEP_ENV = "SEQEXP_SWEEP"
 # Keys that say where things are or how fast they run, not what is computed.
 NOT_FINGERPRINTED = ("tracking", "cache_dir", "rerun", "trainer.num_workers", "trainer.num_threads",
-                     "trainer.accelerator", "trainer.devices")
+                     "trainer.accelerator", "trainer.devices",
+                     # resume: where checkpoints go and how often; a resumed run computes what an uninterrupted one does
+                     "resume", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_dir", "trainer.keep_checkpoint")
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -120,6 +124,13 @@ def find_previous(client, experiment: str, uri: str, fp: str):
         if run.info.status == "FINISHED":
             return run
     return None
+
+
+def end_interrupted_sweep() -> None:
+    """Ctrl-C or SIGTERM stopped a job: the sweep stops with it, and its parent run ends KILLED."""
+    info = SweepInfo.for_current_job()
+    if info is not None:
+        tracking.client(info.uri).set_terminated(info.parent_run_id, "KILLED")
 
 
 def job_tags(cfg: DictConfig, fp: str, overrides: list[str]) -> dict[str, str]:

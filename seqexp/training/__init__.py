@@ -1,1 +1,1 @@
-"""Training: freeze strategies, optimizers and learning-rate schedules."""
+"""Training: freeze strategies, optimizers and learning-rate schedules, how a run stops, fault injection."""

@@ -1,0 +1,112 @@
+"""How a run stops: Ctrl-C and SIGTERM end it KILLED; where and why training stopped is logged.
+
+Lightning 2.6, left alone, treats the two signals differently: Ctrl-C
+(KeyboardInterrupt) is caught in ``trainer.fit``/``test``, which calls the
+callbacks' ``on_exception`` and then ``sys.exit(1)``; SIGTERM only sets a flag
+and raises ``SIGTERMException`` (a ``SystemExit`` with exit status 0, Lightning
+issue #19916) after the current batch, and a SIGTERM outside ``fit`` kills the
+process before MLflow hears of it. :func:`interruptible` makes both one path for the whole run: the
+first SIGINT or SIGTERM raises :class:`Interrupted` (a ``KeyboardInterrupt``)
+at once, whatever the run is doing, so the MLflow run ends KILLED with the
+metrics logged so far, and the command exits ``128 + signal`` (130, 143).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger("seqexp")
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (Ctrl-C or SIGTERM)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _Guard:
+    signum: int | None = None
+
+    def handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second signal while the run records its end: let it finish
+            log.warning("%s received again; still recording the interrupted run", signal.Signals(signum).name)
+            return
+        self.signum = signum
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """For the duration of a run, SIGINT and SIGTERM raise :class:`Interrupted`.
+
+    Lightning turns the KeyboardInterrupt into ``sys.exit(1)`` inside ``fit``/``test``;
+    leaving this block, that exit becomes :class:`Interrupted` again, naming the signal.
+    Signal handlers can only be set in the main thread; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    guard = _Guard()
+    previous = {s: signal.signal(s, guard.handle) for s in SIGNALS}
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if guard.signum is None or isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(guard.signum) from exc
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(s, handler)
+
+
+def stop_reason(trainer) -> str:
+    """Why ``trainer.fit`` returned: ``max_time``, ``max_steps`` or ``max_epochs``."""
+    from lightning.pytorch.callbacks import Timer
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer):
+            remaining = callback.time_remaining()
+            if remaining is not None and remaining <= 0:
+                return "max_time"
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    return "max_epochs"
+
+
+@contextlib.contextmanager
+def recorded_stop(trainer, tracker) -> Iterator[None]:
+    """Around ``trainer.fit``: log ``stopped_at_step``/``stopped_at_epoch`` and a ``stop_reason`` tag.
+
+    ``stop_reason`` is ``max_epochs``, ``max_steps`` or ``max_time`` after a normal end,
+    ``interrupted`` after Ctrl-C/SIGTERM and ``error`` after an exception (NaN loss included).
+    """
+    def record(reason: str) -> None:
+        tracker.log_metrics({"stopped_at_step": trainer.global_step, "stopped_at_epoch": trainer.current_epoch},
+                            step=trainer.current_epoch)
+        tracker.set_tags({"stop_reason": reason})
+
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            record("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "error")
+        except Exception as log_error:  # the original error is what the user needs to see
+            log.warning("could not record where training stopped: %s", log_error)
+        raise
+    reason = stop_reason(trainer)
+    record(reason)
+    if reason == "max_time":
+        log.info("training stopped at trainer.max_time: epoch %d, step %d", trainer.current_epoch, trainer.global_step)
