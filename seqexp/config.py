@@ -5,12 +5,15 @@ Each check names the offending key, so a typo costs seconds, not a crashed job.
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import DictConfig
 
 from seqexp.config_errors import ConfigError
 from seqexp.data.sources import validate_dataset_cfg
 from seqexp.models.encoders import encoder_depth
 from seqexp.tracking import check_reachable
+from seqexp.training import faults
 from seqexp.training.freeze import STRATEGIES
 from seqexp.training.optim import OPTIMIZERS, SCHEDULES
 
@@ -29,6 +32,28 @@ def _positive(cfg: DictConfig, key: str) -> None:
 def _one_of(value, key: str, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"`{key}`: unknown {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def _max_time(value) -> None:
+    """``trainer.max_time`` as Lightning takes it from a config: null, "DD:HH:MM:SS" or a timedelta mapping."""
+    if value is None or isinstance(value, DictConfig):
+        return
+    if not isinstance(value, str) or not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", value.strip()):
+        raise ConfigError(f"`trainer.max_time`: expected \"DD:HH:MM:SS\" (e.g. \"00:02:30:00\"), got {value!r}")
+
+
+def _checkpoints(cfg: DictConfig) -> None:
+    """The resume keys (seqexp/training/checkpoints.py)."""
+    every = cfg.trainer.get("checkpoint_every_n_steps")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+        raise ConfigError("`trainer.checkpoint_every_n_steps`: must be a whole number >= 0 "
+                          f"(0: at epoch ends only) or null (no checkpoints), got {every!r}")
+    folder = cfg.trainer.get("checkpoint_dir")
+    if folder is not None and (not isinstance(folder, str) or not folder.strip()):
+        raise ConfigError(f"`trainer.checkpoint_dir`: must be a folder path or null, got {folder!r}")
+    for key, value in (("trainer.keep_checkpoint", cfg.trainer.get("keep_checkpoint")), ("resume", cfg.get("resume"))):
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{key}`: must be true or false, got {value!r}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -55,5 +80,16 @@ def validate(cfg: DictConfig) -> None:
         depth = encoder_depth(cfg.model)
         if depth is not None and k > depth:
             raise ConfigError(f"`freeze.top_k`: {k} is larger than the depth of `model={cfg.model.name}` ({depth} layers)")
+    _max_time(cfg.trainer.get("max_time"))
+    _one_of(cfg.trainer.get("feature_cache_dtype"), "trainer.feature_cache_dtype", (None, "float16", "bfloat16", "float32"))
+    every = cfg.trainer.get("val_every_n_epochs", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"`trainer.val_every_n_epochs`: must be a whole number >= 0 (0: no dev evaluation), "
+                          f"got {every!r}")
+    faults.check(cfg.fault)
+    _checkpoints(cfg)
     validate_dataset_cfg(cfg.dataset)
+    wait = cfg.tracking.get("outage_wait_s", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+        raise ConfigError(f"`tracking.outage_wait_s`: must be a number of seconds >= 0, got {wait!r}")
     check_reachable(cfg.tracking.uri)

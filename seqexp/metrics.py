@@ -32,7 +32,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, IOBES, Entities, Token
 
 SCHEMES: dict[str, type[Token]] = {"IOB2": IOB2, "IOBES": IOBES}
@@ -67,10 +66,10 @@ def evaluate(
     gold_l = [list(s) for s in gold]
     pred_l = [list(s) for s in pred]
 
-    # Default mode: seqeval's get_entities on the nested lists (it joins them
-    # with an "O" between sentences, exactly as seqeval's f1_score does).
-    default_gold = _by_type((t, b, e) for t, b, e in get_entities(gold_l))
-    default_pred = _by_type((t, b, e) for t, b, e in get_entities(pred_l))
+    # Default mode: seqeval's chunks of the sentences joined with an "O" between
+    # them, exactly as seqeval's f1_score does.
+    default_gold = _by_type(default_entities(gold_l))
+    default_pred = _by_type(default_entities(pred_l))
     per_type = _per_type(default_gold, default_pred)
     p, r, f = _micro(default_gold, default_pred)
     result.update(precision=p, recall=r, f1=f)
@@ -108,6 +107,26 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------- helpers
+# seqeval's default (conlleval) chunk rules, from ``seqeval.metrics.sequence_labeling``.
+# They are restated here because importing that module imports scikit-learn (70 MB
+# and a second of start-up in every run); tests/test_metrics.py checks the two agree.
+_ENDS = {("B", "B"), ("B", "S"), ("B", "O"), ("I", "B"), ("I", "S"), ("I", "O")}
+_STARTS = {("E", "E"), ("E", "I"), ("S", "E"), ("S", "I"), ("O", "E"), ("O", "I")}
+
+
+def default_entities(sentences: Sequence[Sequence[str]]):
+    """``(type, start, end)`` of each chunk, as ``seqeval.metrics.sequence_labeling.get_entities``
+    gives them for the nested lists (positions in the sentences joined with an "O" between)."""
+    prev_tag, prev_type, begin, i = "O", "", 0, 0
+    for sentence in sentences:
+        for label in (*sentence, "O"):
+            tag, type_ = label[0], label[1:].split("-", maxsplit=1)[-1] or "_"
+            if prev_tag in "ES" or (prev_tag, tag) in _ENDS or (prev_tag not in "O." and prev_type != type_):
+                yield prev_type, begin, i - 1
+            if tag in "BS" or (prev_tag, tag) in _STARTS or (tag not in "O." and prev_type != type_):
+                begin = i
+            prev_tag, prev_type, i = tag, type_, i + 1
+
 def _div(num: float, den: float) -> float:
     return float(num) / den if den else 0.0
 

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,12 +33,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataFormatError)
 def _user_errors() -> tuple[type[BaseException], ...]:
     from seqexp.data.sources import DataSourceError
     from seqexp.models.encoders import EncoderUnavailableError
+    from seqexp.tracking_buffer import TrackingUnavailableError
 
     # The Tagger (and torch with it) is imported only once training starts; before that no
     # NonFiniteLossError can exist, and config errors must not pay seconds of imports.
     tagger = sys.modules.get("seqexp.models.tagger")
     training = (tagger.NonFiniteLossError,) if tagger is not None else ()
-    return USER_ERRORS + (DataSourceError, EncoderUnavailableError, *training)
+    checkpoints = sys.modules.get("seqexp.training.checkpoints")
+    training += (checkpoints.CheckpointError,) if checkpoints is not None else ()
+    return USER_ERRORS + (DataSourceError, EncoderUnavailableError, TrackingUnavailableError, *training)
 
 
 def hydra_context() -> tuple[dict[str, str], list[str]]:
@@ -79,6 +83,7 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
     import lightning.pytorch as L
     import torch
 
+    from seqexp.data import memo
     from seqexp.data.datamodule import TaggingDataModule, label_vocabulary
     from seqexp.data.schemes import scoring_scheme
     from seqexp.data.sources import load_splits
@@ -91,7 +96,7 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cache_dir = Path(cfg.cache_dir).expanduser()
 
-    splits = load_splits(cfg.dataset, cache_dir)
+    splits = memo.splits(cfg.dataset, cache_dir, lambda: load_splits(cfg.dataset, cache_dir))
     labels = label_vocabulary(splits["train"])
     encoder = load_encoder(cfg.model, splits["train"], cache_dir)
     dm = TaggingDataModule(
@@ -105,7 +110,7 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
     plan = apply_freeze(encoder.model, cfg.freeze.strategy, cfg.freeze.top_k)
     if plan.strategy == "last" and cfg.trainer.feature_cache:
         use_feature_cache(encoder.model, dm, cfg, cache_dir)
-    model = torch.compile(encoder.model) if cfg.trainer.compile else encoder.model
+    model = torch.compile(encoder.model, backend=cfg.trainer.compile_backend) if cfg.trainer.compile else encoder.model
     tagger = Tagger(
         model, head, labels, alignment=cfg.alignment, optim_cfg=cfg.optim,
         scheduler_cfg=cfg.scheduler, freeze=plan,
@@ -126,11 +131,13 @@ def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path) -> None:
     fp = encoder_fingerprint(encoder)
     for split, windows in dm.windows.items():
         dm.use_features(split, functools.partial(cached_features, encoder, windows, cfg.alignment, cache_dir, fp,
-                                                 batch_size=cfg.trainer.eval_batch_size))
+                                                 batch_size=cfg.trainer.eval_batch_size,
+                                                 storage=cfg.trainer.feature_cache_dtype))
 
 
 def make_trainer(cfg: DictConfig, callbacks=()):
     import lightning.pytorch as L
+    from lightning.pytorch.callbacks import Checkpoint
 
     t = cfg.trainer
     return L.Trainer(
@@ -138,13 +145,36 @@ def make_trainer(cfg: DictConfig, callbacks=()):
         accelerator=t.accelerator, devices=t.devices, precision=t.precision,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
+        logger=False, enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
+        enable_model_summary=False,
         num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=list(callbacks),
     )
 
 
-def train_and_test(cfg: DictConfig, tracker) -> dict:
-    """The run itself, logging into ``tracker``'s open MLflow run. Returns test metrics."""
+def process_started() -> float:
+    """Wall-clock time this process started (Linux: from /proc, to 10 ms; else: now)."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+PROCESS_STARTED = process_started()
+_job_started: float | None = None  # the first job of a process counts from the process's start
+
+
+def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
+    """The run itself, logging into ``tracker``'s open MLflow run. Returns test metrics.
+
+    ``resume`` (a ``seqexp.training.checkpoints.SavedState``): continue training from that checkpoint.
+    """
     from seqexp.metrics import format_report
     from seqexp.training.freeze import count_parameters
 
@@ -159,17 +189,36 @@ def train_and_test(cfg: DictConfig, tracker) -> dict:
         **{f"{k}_split_sentences": v for k, v in dm.split_counts.items()},
     })
 
-    trainer = make_trainer(cfg)
+    from seqexp.training import faults
+    from seqexp.training.stopping import recorded_stop
+
+    callbacks = [faults.callback(cfg.fault)] if cfg.fault.kind else []
+    if cfg.trainer.checkpoint_every_n_steps is not None:
+        from seqexp.sweep import fingerprint
+        from seqexp.training.checkpoints import LastCheckpoint, checkpoint_path
+
+        fp = fingerprint(cfg)
+        saver = LastCheckpoint(checkpoint_path(cfg, fp), cfg.trainer.checkpoint_every_n_steps, tracker.run_id, fp)
+        callbacks.append(saver)
+    trainer = make_trainer(cfg, callbacks=callbacks)
     started = time.perf_counter()
-    trainer.fit(tagger, datamodule=dm)
+    with recorded_stop(trainer, tracker):
+        trainer.fit(tagger, datamodule=dm, ckpt_path=resume.path if resume is not None else None)
     train_time = time.perf_counter() - started
+    if cfg.trainer.checkpoint_every_n_steps is not None and saver.save_seconds:
+        log.info("checkpoints: %d saved to %s, %.2fs each on average", len(saver.save_seconds), saver.path,
+                 sum(saver.save_seconds) / len(saver.save_seconds))
+    metrics = {"train_time_s": train_time}
+    if tagger.first_step_at is not None and _job_started is not None:
+        metrics["startup_s"] = tagger.first_step_at - _job_started
+        log.info("first training step %.1fs after the %s started", metrics["startup_s"],
+                 "process" if _job_started == PROCESS_STARTED else "job")
     trainer.test(tagger, datamodule=dm, verbose=False)
 
     result = tagger.results["test"]
-    metrics = {f"test_{k}": v for k, v in result.items() if isinstance(v, float)}
+    metrics.update({f"test_{k}": v for k, v in result.items() if isinstance(v, float)})
     for kind, scores in result.get("per_type", {}).items():
         metrics.update({f"test_{m}_{metric_safe(kind)}": scores[m] for m in ("precision", "recall", "f1")})
-    metrics["train_time_s"] = train_time
     tracker.log_metrics(metrics, step=trainer.current_epoch)
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(format_report(result), "test_report.txt")
@@ -186,7 +235,10 @@ def run(cfg: DictConfig) -> float | None:
     from seqexp.config import validate
     from seqexp.sweep import Outcome, find_previous, fingerprint, job_tags
     from seqexp.tracking import AXES, RunTracker, run_name
+    from seqexp.training.stopping import interruptible
 
+    global _job_started
+    _job_started = PROCESS_STARTED if _job_started is None else time.time()
     validate(cfg)
     quiet_libraries()
     choices, overrides = hydra_context()
@@ -195,25 +247,39 @@ def run(cfg: DictConfig) -> float | None:
     name = cfg.tracking.run_name or run_name(choices, overrides, cfg.seed)
     fp = fingerprint(cfg)
     tracker = RunTracker(cfg.tracking.uri, cfg.tracking.experiment)
+    resume = None
     if not cfg.rerun:
         from seqexp.tracking import client
 
-        previous = find_previous(client(tracker.uri), cfg.tracking.experiment, tracker.uri, fp)
+        mlflow_client = client(tracker.uri)
+        previous = find_previous(mlflow_client, cfg.tracking.experiment, tracker.uri, fp)
         if previous is not None:
             f1 = previous.data.metrics.get("test_f1")
             log.info("%s: already FINISHED as run %s (test_f1 %s); skipping (rerun=true forces it)",
                      name, previous.info.run_id, f1)
             Outcome(name, "SKIPPED", previous.info.run_id, f1).save()
             return f1
+        from seqexp.training.checkpoints import resume_point
+
+        resume = resume_point(cfg, mlflow_client, fp)  # an interrupted run with a checkpoint continues
     try:
-        with tracker:
-            tracker.start(cfg, name, axes, tags=job_tags(cfg, fp, overrides))
+        with tracker, interruptible():  # Ctrl-C and SIGTERM: the run ends KILLED
+            tracker.start(cfg, name, axes, tags=job_tags(cfg, fp, overrides),
+                          resume_run_id=resume.run_id if resume is not None else None)
+            if resume is not None:
+                log.info("resuming run %s (%s) from step %d (saved in epoch %d): %s",
+                         name, resume.run_id, resume.global_step, resume.epoch + 1, resume.path)
+                tracker.set_tags({"resumed_from_step": resume.global_step})
             log.info("MLflow run %s (%s) in %s", name, tracker.run_id, tracker.uri)
-            metrics = train_and_test(cfg, tracker)
+            metrics = train_and_test(cfg, tracker, resume)
     except BaseException as exc:
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         Outcome(name, status, tracker.run_id or "", error=f"{type(exc).__name__}: {exc}").save()
         raise
+    if cfg.trainer.checkpoint_every_n_steps is not None and not cfg.trainer.keep_checkpoint:
+        from seqexp.training.checkpoints import checkpoint_path, remove_checkpoint
+
+        remove_checkpoint(checkpoint_path(cfg, fp))  # it exists only for resume
     Outcome(name, "FINISHED", tracker.run_id, metrics["test_f1"]).save()
     return metrics["test_f1"]
 
@@ -231,6 +297,8 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Our batch sampler resumes mid-epoch through the datamodule's state (seqexp/training/checkpoints.py).
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     # Frozen modules are in eval mode on purpose (no dropout in what does not train).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
@@ -240,6 +308,17 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (seqexp.training.stopping): the run is KILLED
+        signum = getattr(exc, "signum", signal.SIGINT)
+        where = "; the sweep stops here" if multirun else ""
+        print(f"seqexp: interrupted by {signal.Signals(signum).name}: its MLflow run ends KILLED{where}. "
+              "Run the same command again to resume it from its last checkpoint (finished runs are skipped).",
+              file=sys.stderr)
+        if multirun:
+            from seqexp.sweep import end_interrupted_sweep
+
+            end_interrupted_sweep()
+        sys.exit(128 + signum)
     except _user_errors() as exc:
         if multirun:  # recorded as FAILED; the sweep goes on with the other jobs
             log.error("job failed: %s", exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 import warnings
 
@@ -10,7 +12,8 @@ import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from seqexp.metrics import evaluate, format_report
+from seqexp.metrics import default_entities, evaluate, format_report
+from tests.conftest import REPO
 
 
 def test_iob2_by_hand():
@@ -149,6 +152,28 @@ def test_agrees_with_seqeval_on_random_invalid_predictions():
         assert scores["recall"] == pytest.approx(report[type_]["recall"])
         assert scores["f1"] == pytest.approx(report[type_]["f1-score"])
         assert scores["support"] == report[type_]["support"]
+
+
+def test_default_chunks_are_seqevals(conll2003_dir):
+    """seqexp restates seqeval's default chunk rules (to keep scikit-learn out of every run): the same chunks."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rng = random.Random(1)
+    for tags in (["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
+                 ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]):
+        for _ in range(300):
+            sentences = [[rng.choice(tags) for _ in range(rng.randint(0, 9))] for _ in range(rng.randint(1, 4))]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert list(default_entities(sentences)) == get_entities(sentences), sentences
+    gold = _read_column(conll2003_dir / "eng.testb", -1)
+    assert list(default_entities(gold)) == get_entities(gold)
+
+
+def test_a_run_does_not_import_scikit_learn():
+    code = ("import sys, seqexp.run, seqexp.models.tagger, seqexp.tracking, seqexp.sweep, mlflow, transformers; "
+            "assert 'sklearn' not in sys.modules, 'sklearn imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_format_report_lists_every_type():

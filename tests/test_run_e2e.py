@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ TEST_SENTENCES = 3_453
 def seqexp_run(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "seqexp.run", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.time()
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc.wall = (started, time.time())
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -38,7 +41,8 @@ def artifact_text(client, run, path: str) -> str:
     return Path(local).read_text(encoding="utf-8")
 
 
-def assert_complete_run(client, run, *, model: str, head: str, freeze: str, optim: str, epochs: int):
+def assert_complete_run(client, run, *, model: str, head: str, freeze: str, optim: str, epochs: int,
+                        wall: tuple[float, float] | None = None):
     assert run.info.status == "FINISHED"
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     # Grid axes as short top-level params, and every resolved value as a flat param.
@@ -52,6 +56,9 @@ def assert_complete_run(client, run, *, model: str, head: str, freeze: str, opti
                 "test_strict_f1", "test_f1_PER", "trainable_params", "total_params", "train_time_s"):
         assert key in metrics, key
     assert 0.0 <= metrics["test_f1"] <= 1.0 and 0.0 < metrics["test_accuracy"] <= 1.0
+    if wall is not None:  # process start to first training step: after the MLflow run began, before the end
+        launched, ended = wall
+        assert run.info.start_time / 1000 - launched < metrics["startup_s"] < ended - launched
     history = client.get_metric_history(run.info.run_id, "val_f1")
     assert sorted(m.step for m in history) == list(range(epochs))
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == epochs
@@ -77,10 +84,11 @@ def common(tmp_path: Path, data: Path, train: int = 200) -> list[str]:
 
 def test_tiny_bert_run_lands_in_mlflow(tmp_path):
     data = shared_corpus("conll2003")
-    seqexp_run(tmp_path, "model=tiny-bert", "freeze=unfreeze", "optim=adam", "trainer.max_epochs=2",
-               *common(tmp_path, data))
+    proc = seqexp_run(tmp_path, "model=tiny-bert", "freeze=unfreeze", "optim=adam", "trainer.max_epochs=2",
+                      *common(tmp_path, data))
     client, run = only_run(tmp_path)
-    assert_complete_run(client, run, model="tiny-bert", head="linear", freeze="unfreeze", optim="adam", epochs=2)
+    assert_complete_run(client, run, model="tiny-bert", head="linear", freeze="unfreeze", optim="adam", epochs=2,
+                        wall=proc.wall)
 
 
 def test_tiny_roberta_with_crf(tmp_path):

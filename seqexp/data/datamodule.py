@@ -7,6 +7,7 @@ sides (see ``seqexp.data.encoding``). Evaluation batches are sorted by length.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 
+from seqexp.data import memo
 from seqexp.data.encoding import IGNORE, Window, count_split_sentences, encode_split
 from seqexp.data.sentences import Sentence
 
@@ -34,6 +36,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     Windows are shuffled, cut into pools of ``pool_factor`` batches, sorted by
     length inside each pool, cut into batches, and the batches are shuffled.
     The order depends only on ``seed`` and the epoch (counted by ``__iter__``).
+    ``resume_at`` makes the next ``__iter__`` continue a checkpointed epoch.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *,
@@ -45,6 +48,13 @@ class LengthGroupedBatches(Sampler[list[int]]):
         self.shuffle = shuffle
         self.pool = batch_size * pool_factor
         self.epoch = 0
+        self._skip = 0  # batches of the next epoch already trained before a checkpoint
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next ``__iter__`` yields epoch ``epoch`` without its first ``batches_done`` batches."""
+        if batches_done >= len(self):  # the epoch was complete: the next one starts
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self._skip = epoch, batches_done
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
@@ -52,10 +62,11 @@ class LengthGroupedBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         self.epoch += 1
+        skip, self._skip = self._skip, 0
         order = list(range(len(self.lengths)))
         if not self.shuffle:
             order.sort(key=lambda i: -self.lengths[i])
-            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            yield from [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)][skip:]
             return
         rng.shuffle(order)
         if self.grouped:
@@ -63,7 +74,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
             order = [i for pool in pools for i in sorted(pool, key=lambda j: -self.lengths[j])]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         rng.shuffle(batches)
-        yield from batches
+        yield from batches[skip:]
 
 
 class Collator:
@@ -71,6 +82,9 @@ class Collator:
 
     With precomputed word features (a frozen encoder's, see ``seqexp.models.feature_cache``)
     the batch also carries them as ``features`` [B, W, H], and the Tagger skips the encoder.
+    ``features`` may be a function that computes them: it is called at the first batch, so
+    creating a loader costs nothing (Lightning creates the dev loader when fitting starts;
+    the dev split is then encoded by the first dev evaluation, not before training).
     """
 
     def __init__(self, pad_id: int, windows: Sequence[Window], features=None):
@@ -108,8 +122,11 @@ class Collator:
             "sentence": torch.tensor([self.windows[i].sentence for i in indices]),
             "first_word": torch.tensor([self.windows[i].first_word for i in indices]),
         }
+        if callable(self.features):
+            self.features = self.features()
         if self.features is not None:
-            batch["features"] = pad_sequence([self.features.window(i) for i in indices], batch_first=True)
+            features = pad_sequence([self.features.window(i) for i in indices], batch_first=True)
+            batch["features"] = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
         return batch
 
 
@@ -134,13 +151,30 @@ class TaggingDataModule(L.LightningDataModule):
         self.features: dict[str, object] = {}
         self.split_counts: dict[str, int] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._resume_train: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+
+    def state_dict(self) -> dict:
+        """Where training stands inside its epoch; Lightning stores it in every checkpoint."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"train_epoch": trainer.current_epoch, "train_batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The next train loader continues that epoch after its trained batches (Lightning restores the
+        model, optimizer and loop counters; our batch sampler is not a stateful loader it knows)."""
+        if state:
+            self._resume_train = (state["train_epoch"], state["train_batches_done"])
 
     def setup(self, stage: str | None = None) -> None:
         for name, sentences in self.splits.items():
             if name in self.windows:
                 continue
-            windows = encode_split(sentences, self.tokenizer, self.label_to_id,
-                                   self.max_length, overlap=name != "train")
+            overlap = name != "train"
+            windows = memo.windows(sentences, self.tokenizer, self.label_to_id, self.max_length, overlap,
+                                   lambda: encode_split(sentences, self.tokenizer, self.label_to_id,
+                                                        self.max_length, overlap=overlap))
             self.windows[name] = windows
             self.split_counts[name] = count_split_sentences(windows)
             if self.split_counts[name]:
@@ -171,12 +205,21 @@ class TaggingDataModule(L.LightningDataModule):
             self.batch_size if train else self.eval_batch_size,
             self.seed, grouped=self.length_grouped, shuffle=train,
         )
-        collate = Collator(self.pad_id, windows, self.split_features(split))
+        features = functools.partial(self.split_features, split) if split in self.features else None
+        if features is not None and self.num_workers:
+            features = features()  # once, here: not once per worker process
+        collate = Collator(self.pad_id, windows, features)
+        # Its own generator: creating an iterator then never draws from torch's global RNG, which
+        # dropout alone uses, so a resumed run draws the same dropout masks as an uninterrupted one.
         return DataLoader(range(len(windows)), batch_sampler=sampler, collate_fn=collate,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        if self._resume_train is not None:
+            loader.batch_sampler.resume_at(*self._resume_train)
+            self._resume_train = None
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("dev", train=False)

@@ -146,12 +146,22 @@ def _remember(key: str, features: WindowFeatures) -> WindowFeatures:
     return features
 
 
+STORAGE = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: str, cache_dir: Path,
-                    encoder_fp: str, batch_size: int = 64) -> WindowFeatures:
-    """Features from memory, else from disk, else computed and stored (atomically)."""
+                    encoder_fp: str, batch_size: int = 64, storage: str | None = None) -> WindowFeatures:
+    """Features from memory, else from disk, else computed and stored (atomically).
+
+    ``storage`` ``float16``/``bfloat16`` keeps them compact (half the memory and disk);
+    computed in the encoder's dtype, then rounded. ``None`` stores the compute dtype:
+    bit-identical to running the encoder.
+    """
     dtype = next(encoder.parameters()).dtype
+    stored = STORAGE[storage] or dtype
+    kept = f"{dtype}" if stored == dtype else f"{dtype}->{stored}"
     key = hashlib.sha256(
-        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{dtype}".encode()
+        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{kept}".encode()
     ).hexdigest()[:24]
     if key in _MEMORY:
         return _MEMORY[key]
@@ -167,6 +177,8 @@ def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: st
             log.warning("feature cache: ignoring unreadable %s (%s)", path, exc)
     started = time.perf_counter()
     features = compute_features(encoder, windows, alignment, batch_size)
+    if stored != features.vectors.dtype:
+        features = WindowFeatures(features.vectors.to(stored), features.offsets)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".tmp")
     os.close(fd)

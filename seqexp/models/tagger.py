@@ -71,6 +71,7 @@ class Tagger(L.LightningModule):
         self._pred: list[np.ndarray] | None = None
         self._loss_sum = 0.0
         self._loss_count = 0
+        self.first_step_at: float | None = None
 
     # -- modes ---------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -110,14 +111,26 @@ class Tagger(L.LightningModule):
         self._loss_sum, self._loss_count = 0.0, 0
         self._epoch_started = time.perf_counter()
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()  # wall clock: compared with the process's start
+
+    # A run resumed mid-epoch (seqexp.training.checkpoints) reports the whole epoch's train_loss.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["train_loss_sum"] = [self._loss_sum, self._loss_count]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._loss_sum, self._loss_count = checkpoint.get("train_loss_sum", [0.0, 0])
+        self._epoch_started = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
             loss = self._loss_sum / self._loss_count
             self._emit({"train_loss": loss}, self.current_epoch)
             dev = self.results.get("dev", {})
-            log.info("epoch %d/%d: train_loss %.4f  val_f1 %.4f  (%.1fs)", self.current_epoch + 1,
-                     self.trainer.max_epochs, loss, dev.get("f1", float("nan")),
-                     time.perf_counter() - self._epoch_started)
+            val = f"  val_f1 {dev['f1']:.4f}" if dev.get("epoch") == self.current_epoch else ""
+            log.info("epoch %d/%d: train_loss %.4f%s  (%.1fs)", self.current_epoch + 1,
+                     self.trainer.max_epochs, loss, val, time.perf_counter() - self._epoch_started)
 
     # -- evaluation ----------------------------------------------------------
     def _start_eval(self, split: str) -> None:
@@ -157,6 +170,7 @@ class Tagger(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         result = self._finish_eval("dev")
         scalars = {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
+        result["epoch"] = self.current_epoch
         self.log("val_f1", result["f1"], prog_bar=True)
         self._emit(scalars, self.current_epoch)
 
@@ -175,7 +189,8 @@ class Tagger(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.encoder, self.head, self.optim_cfg)
+        mixed = "mixed" in str(self.trainer.precision)
+        optimizer = build_optimizer(self.encoder, self.head, self.optim_cfg, fused=not mixed)
         steps = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

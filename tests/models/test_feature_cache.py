@@ -86,6 +86,30 @@ def test_key_changes_with_every_input(mini_conll, tmp_path):
     assert len(files()) == 5
 
 
+def test_compact_storage_is_the_rounded_features_and_served_as_float32(mini_conll, tmp_path):
+    from seqexp.models import feature_cache
+
+    cfg, built = head_only(mini_conll, tmp_path, "trainer.feature_cache_dtype=float16")
+    encoder, dm = built.tagger.encoder, built.datamodule
+    store = tmp_path / "cache"
+    fp = encoder_fingerprint(encoder)
+    full = feature_cache.cached_features(encoder, dm.windows["dev"], "first", store, fp)
+    for storage in ("float16", "bfloat16"):
+        feature_cache._MEMORY.clear()
+        compact = feature_cache.cached_features(encoder, dm.windows["dev"], "first", store, fp, storage=storage)
+        assert compact.vectors.dtype == feature_cache.STORAGE[storage]
+        assert torch.equal(compact.vectors, full.vectors.to(compact.vectors.dtype))
+        assert compact.nbytes * 2 == full.nbytes
+    assert len(list((store / "features").glob("*.pt"))) == 3  # one file per storage dtype
+    batch = next(iter(dm.val_dataloader()))  # the run's own dev loader: float16 storage
+    assert batch["features"].dtype == torch.float32
+    row = int(batch["word_mask"][0].sum())
+    i = int(batch["sentence"][0])
+    stored = dm.split_features("dev")
+    assert stored.vectors.dtype == torch.float16
+    assert torch.equal(batch["features"][0, :row], stored.window(i).float())
+
+
 def test_two_processes_share_one_cache(mini_conll, tmp_path):
     store = tmp_path / "shared-cache"
     script = textwrap.dedent(f"""

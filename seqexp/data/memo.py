@@ -1,0 +1,88 @@
+"""Read splits and subword windows, kept for the next job of the same process.
+
+Hydra's basic launcher runs every job of a sweep in one process, and joblib
+workers run several jobs each; most jobs of a grid read the same corpus with the
+same tokenizer. Reading CoNLL-2003 (0.6 s) and tokenizing it (0.7 s) then
+happens once per process instead of once per job. The keys are what the
+results depend on: the resolved dataset config and the size and mtime of every
+file under its ``data_dir``; for windows, the very sentence list, the
+tokenizer's full serialized definition, the label map, ``max_length`` and
+whether windows overlap. (A disk cache across processes was measured not to pay:
+loading pickled windows costs about what tokenizing them does.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SPLITS: OrderedDict[str, dict] = OrderedDict()
+_WINDOWS: OrderedDict[tuple, tuple[Sequence, list]] = OrderedDict()
+_MAX_SPLITS, _MAX_WINDOWS = 2, 12
+
+
+def _remember(store: OrderedDict, key, value, limit: int):
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > limit:
+        store.popitem(last=False)
+    return value
+
+
+def _files_signature(folder: Path) -> list[tuple[str, int, int]]:
+    found = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found.append((path, st.st_size, st.st_mtime_ns))
+    return sorted(found)
+
+
+def splits(dataset_cfg: Mapping[str, Any], cache_dir: Path, load: Callable[[], dict]) -> dict:
+    """``load()``'s splits, or the ones an earlier job of this process loaded with the same inputs."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = OmegaConf.to_container(dataset_cfg, resolve=True) if isinstance(dataset_cfg, DictConfig) else dict(dataset_cfg)
+    data_dir = cfg.get("data_dir")
+    files = _files_signature(Path(str(data_dir)).expanduser()) if data_dir else []
+    key = hashlib.sha256(json.dumps([cfg, str(cache_dir), files], sort_keys=True, default=str).encode()).hexdigest()
+    if key in _SPLITS:
+        log.info("%s: reusing the splits an earlier job of this process read", cfg.get("name"))
+        _SPLITS.move_to_end(key)
+        return dict(_SPLITS[key])  # the same sentence lists (so their windows are reused too)
+    return dict(_remember(_SPLITS, key, load(), _MAX_SPLITS))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Everything that decides how the tokenizer splits words: its full serialized definition."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def windows(sentences: Sequence, tokenizer: Any, label_to_id: Mapping[str, int], max_length: int,
+            overlap: bool, encode: Callable[[], list]) -> list:
+    """``encode()``'s windows, or those of an earlier job for this sentence list and tokenizer."""
+    key = (id(sentences), tokenizer_fingerprint(tokenizer), tuple(label_to_id.items()), max_length, overlap)
+    hit = _WINDOWS.get(key)
+    if hit is not None and hit[0] is sentences:  # the same list object, not a recycled id
+        _WINDOWS.move_to_end(key)
+        return hit[1]
+    return _remember(_WINDOWS, key, (sentences, encode()), _MAX_WINDOWS)[1]

@@ -1,0 +1,75 @@
+"""The per-process memo of read splits and tokenized windows: reused only when every input is the same."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from omegaconf import OmegaConf
+
+from seqexp.data import memo
+from seqexp.data.encoding import encode_split
+from seqexp.data.readers import read_conll
+from seqexp.data.sources import load_splits
+from seqexp.models.encoders import load_encoder
+from tests.conftest import REPO, compose
+
+
+def _dataset_cfg(data_dir):
+    return compose([f"dataset.data_dir={data_dir}"]).dataset
+
+
+def test_splits_are_reused_until_a_file_changes(mini_conll, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(mini_conll, data)
+    cfg = _dataset_cfg(data)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return load_splits(cfg, tmp_path)
+
+    first = memo.splits(cfg, tmp_path, load)
+    again = memo.splits(cfg, tmp_path, load)
+    assert len(loads) == 1
+    assert again == first and again is not first  # a copy of the dict, the same sentence lists
+    assert again["train"] is first["train"]
+
+    other = compose([f"dataset.data_dir={data}", "dataset.max_train_sentences=10"]).dataset
+    assert len(memo.splits(other, tmp_path, lambda: load_splits(other, tmp_path))["train"]) == 10
+
+    # An edited file (new size and mtime) is read again.
+    test = data / "eng.testb"
+    test.write_text(test.read_text().split("\n\n", 1)[1])
+    os.utime(test, ns=(1, 1))
+    fresh = memo.splits(cfg, tmp_path, load)
+    assert len(loads) == 2
+    assert len(fresh["test"]) == len(first["test"]) - 1
+
+
+def test_windows_are_reused_only_for_the_same_sentences_tokenizer_and_settings(mini_conll):
+    sentences = read_conll(mini_conll / "eng.train", word_col=0, tag_col=3)
+    labels = {t: i for i, t in enumerate(sorted({t for s in sentences for t in s.tags}))}
+    cache = REPO / ".cache" / "seqexp-test"
+    bert = load_encoder(OmegaConf.load(REPO / "conf/model/tiny-bert.yaml"), sentences, cache).tokenizer
+    roberta = load_encoder(OmegaConf.load(REPO / "conf/model/tiny-roberta.yaml"), sentences, cache).tokenizer
+    calls = []
+
+    def get(s, tok, max_length=64, overlap=False, lab=labels):
+        def encode():
+            calls.append(1)
+            return encode_split(s, tok, lab, max_length, overlap=overlap)
+
+        return memo.windows(s, tok, lab, max_length, overlap, encode)
+
+    first = get(sentences, bert)
+    assert get(sentences, bert) is first and len(calls) == 1
+    reloaded = load_encoder(OmegaConf.load(REPO / "conf/model/tiny-bert.yaml"), sentences, cache).tokenizer
+    assert get(sentences, reloaded) is first and len(calls) == 1  # same definition, another object
+    get(sentences, roberta)
+    get(sentences, bert, max_length=32)
+    get(sentences, bert, overlap=True)
+    get(sentences, bert, lab={**labels, "X": len(labels)})
+    get(list(sentences), bert)  # equal content, but another list: not assumed to be the same split
+    assert len(calls) == 6
+    assert get(sentences, bert, max_length=32) == encode_split(sentences, bert, labels, 32, overlap=False)
