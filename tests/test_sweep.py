@@ -78,6 +78,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path, mini_conll):
     assert parents[0].info.status == "FAILED"
 
 
+@pytest.mark.slow  # tests/test_concurrency.py covers it with 4 workers
 def test_joblib_two_workers_fresh_db_loses_no_runs(tmp_path, mini_conll):
     proc = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                  "model=tiny-bert", "optim=adam,sgd", "seed=1,2", f"dataset.data_dir={mini_conll}",
