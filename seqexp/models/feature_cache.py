@@ -9,8 +9,9 @@ Running one window alone (``recompute_window``) agrees to float rounding only:
 CPU matrix kernels may sum in another order for another batch shape.
 
 The cache is keyed by everything that changes the vectors: the encoder's
-weights (hashed), the windows' token ids and word spans, the word pooling and
-the dtype. It lives in memory for the jobs of one process and on disk under
+weights (hashed), the windows' token ids and word spans, the word pooling,
+the dtype and the batch size (other batch shapes round differently). It lives
+in memory for the jobs of one process and on disk under
 ``<cache_dir>/features/`` for other processes; files are written to a temporary
 name and renamed, so concurrent writers never leave a torn file.
 """
@@ -161,7 +162,7 @@ def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: st
     stored = STORAGE[storage] or dtype
     kept = f"{dtype}" if stored == dtype else f"{dtype}->{stored}"
     key = hashlib.sha256(
-        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{kept}".encode()
+        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{kept}|{batch_size}".encode()
     ).hexdigest()[:24]
     if key in _MEMORY:
         return _MEMORY[key]

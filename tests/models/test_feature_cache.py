@@ -80,10 +80,12 @@ def test_key_changes_with_every_input(mini_conll, tmp_path):
     assert fp2 != fp
     cached_features(encoder, windows, "first", store, fp2)  # weights
     assert len(files()) == 4
+    cached_features(encoder, windows, "first", store, fp2, 16)  # batch size: other shapes round differently
+    assert len(files()) == 5
     _, shorter = head_only(mini_conll, tmp_path, "model.max_length=24")  # tokenisation / windows
     cached_features(shorter.tagger.encoder, shorter.datamodule.windows["dev"], "first", store,
                     encoder_fingerprint(shorter.tagger.encoder))
-    assert len(files()) == 5
+    assert len(files()) == 6
 
 
 def test_compact_storage_is_the_rounded_features_and_served_as_float32(mini_conll, tmp_path):
