@@ -193,6 +193,7 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
     from seqexp.training.stopping import recorded_stop
 
     callbacks = [faults.callback(cfg.fault)] if cfg.fault.kind else []
+    saver = None
     if cfg.trainer.checkpoint_every_n_steps is not None:
         from seqexp.sweep import fingerprint
         from seqexp.training.checkpoints import LastCheckpoint, checkpoint_path
@@ -205,7 +206,7 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
     with recorded_stop(trainer, tracker):
         trainer.fit(tagger, datamodule=dm, ckpt_path=resume.path if resume is not None else None)
     train_time = time.perf_counter() - started
-    if cfg.trainer.checkpoint_every_n_steps is not None and saver.save_seconds:
+    if saver is not None and saver.save_seconds:
         log.info("checkpoints: %d saved to %s, %.2fs each on average", len(saver.save_seconds), saver.path,
                  sum(saver.save_seconds) / len(saver.save_seconds))
     metrics = {"train_time_s": train_time}
