@@ -140,13 +140,19 @@ def make_trainer(cfg: DictConfig, callbacks=()):
     from lightning.pytorch.callbacks import Checkpoint
 
     t = cfg.trainer
+    checkpointing = any(isinstance(c, Checkpoint) for c in callbacks)
+    plugins = []
+    if checkpointing:
+        from seqexp.training.checkpoints import StreamingCheckpointIO
+
+        plugins.append(StreamingCheckpointIO())
     return L.Trainer(
         max_epochs=t.max_epochs, max_steps=t.max_steps, max_time=t.max_time,
         accelerator=t.accelerator, devices=t.devices, precision=t.precision,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
-        logger=False, enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
+        logger=False, enable_checkpointing=checkpointing, plugins=plugins,
         enable_model_summary=False,
         num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=list(callbacks),
     )

