@@ -239,6 +239,7 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
 
 def run(cfg: DictConfig) -> float | None:
     """Validate, skip if already done, then train and test inside one MLflow run. Returns test F1."""
+    from seqexp import gc_startup
     from seqexp.config import validate
     from seqexp.sweep import Outcome, find_previous, fingerprint, job_tags
     from seqexp.tracking import AXES, RunTracker, run_name
@@ -247,7 +248,8 @@ def run(cfg: DictConfig) -> float | None:
     global _job_started
     _job_started = PROCESS_STARTED if _job_started is None else time.time()
     validate(cfg)
-    quiet_libraries()
+    quiet_libraries()  # imports Lightning, and torch with it
+    gc_startup.freeze_imports()
     choices, overrides = hydra_context()
     axes = {axis: choices.get(axis, "?") for axis in AXES}
     axes["seed"] = str(cfg.seed)
@@ -340,4 +342,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from seqexp import gc_startup
+
+    gc_startup.defer()
     main()
