@@ -11,6 +11,7 @@ import functools
 import logging
 import random
 from collections.abc import Iterator, Sequence
+from itertools import accumulate, chain
 
 import lightning.pytorch as L
 import torch
@@ -81,53 +82,76 @@ class Collator:
     """Pads the windows of a batch (given by index) into the tensors ``Tagger.forward`` takes.
 
     With precomputed word features (a frozen encoder's, see ``seqexp.models.feature_cache``)
-    the batch also carries them as ``features`` [B, W, H], and the Tagger skips the encoder.
-    ``features`` may be a function that computes them: it is called at the first batch, so
-    creating a loader costs nothing (Lightning creates the dev loader when fitting starts;
-    the dev split is then encoded by the first dev evaluation, not before training).
+    the batch carries them as ``features`` [B, W, H] instead of the encoder's inputs, and the
+    Tagger skips the encoder. ``features`` may be a function that computes them: it is called
+    at the first batch, so creating a loader costs nothing (Lightning creates the dev loader
+    when fitting starts; the dev split is then encoded by the first dev evaluation, not
+    before training).
+
+    Every window's lists are packed once, at the first batch, into one flat tensor per field;
+    a batch then pads views of them. Building small tensors window by window cost 5 ms a
+    batch on CPU, as much as a head-only training step itself.
     """
 
     def __init__(self, pad_id: int, windows: Sequence[Window], features=None):
         self.pad_id = pad_id
         self.windows = windows
         self.features = features
-        self._tensors: list[tuple[torch.Tensor, ...] | None] = [None] * len(windows)
-
-    def _window(self, i: int) -> tuple[torch.Tensor, ...]:
-        """A window's tensors, built once: later epochs only pad and stack."""
-        cached = self._tensors[i]
-        if cached is None:
-            w = self.windows[i]
-            score = torch.zeros(len(w.word_starts), dtype=torch.bool)
-            score[w.score_start : w.score_end] = True
-            cached = self._tensors[i] = (torch.tensor(w.input_ids), torch.tensor(w.word_starts),
-                                         torch.tensor(w.word_ends), torch.tensor(w.labels), score)
-        return cached
+        self._packed: _PackedWindows | None = None
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        ids, starts, ends, labels, score = zip(*(self._window(i) for i in indices))
-        tokens = torch.tensor([len(x) for x in ids])
-        words = torch.tensor([len(x) for x in starts])
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=self.pad_id)
-        positions = torch.arange(input_ids.size(1))
-        word_positions = torch.arange(int(words.max()))
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": (positions[None, :] < tokens[:, None]).long(),
-            "word_starts": pad_sequence(starts, batch_first=True, padding_value=0),
-            "word_ends": pad_sequence(ends, batch_first=True, padding_value=1),
-            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE),
-            "word_mask": word_positions[None, :] < words[:, None],
-            "score_mask": pad_sequence(score, batch_first=True, padding_value=False),
-            "sentence": torch.tensor([self.windows[i].sentence for i in indices]),
-            "first_word": torch.tensor([self.windows[i].first_word for i in indices]),
-        }
+        if self._packed is None:
+            self._packed = _PackedWindows(self.windows)
         if callable(self.features):
             self.features = self.features()
-        if self.features is not None:
+        packed, idx = self._packed, torch.tensor(indices)
+        words = packed.words[idx]
+        word_positions = torch.arange(int(words.max()))[None, :]
+        batch = {
+            "labels": packed.pad("labels", indices, IGNORE),
+            "word_mask": word_positions < words[:, None],
+            "score_mask": (word_positions >= packed.score_start[idx][:, None])
+                          & (word_positions < packed.score_end[idx][:, None]),
+            "sentence": packed.sentence[idx],
+            "first_word": packed.first_word[idx],
+        }
+        if self.features is None:
+            input_ids = packed.pad("input_ids", indices, self.pad_id)
+            batch["input_ids"] = input_ids
+            batch["attention_mask"] = (torch.arange(input_ids.size(1))[None, :] < packed.tokens[idx][:, None]).long()
+            batch["word_starts"] = packed.pad("word_starts", indices, 0)
+            batch["word_ends"] = packed.pad("word_ends", indices, 1)
+        else:
             features = pad_sequence([self.features.window(i) for i in indices], batch_first=True)
             batch["features"] = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
         return batch
+
+
+class _PackedWindows:
+    """The windows' per-subword and per-word lists, concatenated into one tensor per field."""
+
+    LISTS = ("input_ids", "word_starts", "word_ends", "labels")
+
+    def __init__(self, windows: Sequence[Window]):
+        def ints(values) -> torch.Tensor:
+            return torch.tensor(list(values), dtype=torch.long)
+
+        self.tokens = ints(len(w.input_ids) for w in windows)
+        self.words = ints(len(w.word_starts) for w in windows)
+        self.score_start = ints(w.score_start for w in windows)
+        self.score_end = ints(w.score_end for w in windows)
+        self.sentence = ints(w.sentence for w in windows)
+        self.first_word = ints(w.first_word for w in windows)
+        self.flat = {name: ints(chain.from_iterable(getattr(w, name) for w in windows)) for name in self.LISTS}
+        self.bounds = {
+            "input_ids": [0, *accumulate(len(w.input_ids) for w in windows)],
+            "word": [0, *accumulate(len(w.word_starts) for w in windows)],
+        }
+
+    def pad(self, name: str, indices: Sequence[int], value: int) -> torch.Tensor:
+        flat, bounds = self.flat[name], self.bounds["input_ids" if name == "input_ids" else "word"]
+        return pad_sequence([flat[bounds[i] : bounds[i + 1]] for i in indices], batch_first=True,
+                            padding_value=value)
 
 
 class TaggingDataModule(L.LightningDataModule):

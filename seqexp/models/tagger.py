@@ -103,8 +103,8 @@ class Tagger(L.LightningModule):
                 f"training loss is {value} at epoch {self.current_epoch}, step {self.global_step}; "
                 "lower `optim.lr`/`optim.encoder_lr` or check the data"
             )
-        self._loss_sum += value * len(batch["input_ids"])
-        self._loss_count += len(batch["input_ids"])
+        self._loss_sum += value * len(batch["labels"])
+        self._loss_count += len(batch["labels"])
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -140,8 +140,8 @@ class Tagger(L.LightningModule):
     def _eval_step(self, batch) -> None:
         emissions = self(batch)
         loss = self.head.loss(emissions, batch["labels"], batch["word_mask"])
-        self._eval_loss[0] += float(loss) * len(batch["input_ids"])
-        self._eval_loss[1] += len(batch["input_ids"])
+        self._eval_loss[0] += float(loss) * len(batch["labels"])
+        self._eval_loss[1] += len(batch["labels"])
         decoded = self.head.decode(emissions, batch["word_mask"]).cpu().numpy()
         score = batch["score_mask"].cpu().numpy()
         for row, (sent, first) in enumerate(zip(batch["sentence"].tolist(), batch["first_word"].tolist())):

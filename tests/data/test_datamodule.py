@@ -39,3 +39,56 @@ def test_eval_order_is_sorted_and_complete():
     lengths = [5, 50, 7, 30, 2]
     batches = list(LengthGroupedBatches(lengths, 2, seed=0, shuffle=False))
     assert batches == [[1, 3], [2, 0], [4]]
+
+
+def _windows():
+    from seqexp.data.encoding import IGNORE, Window
+
+    return [  # two sentences, the second cut into two overlapping windows
+        Window(0, 0, [101, 7, 8, 9, 102], [1, 2, 4], [2, 4, 5], 0, 3, [1, 0, IGNORE]),
+        Window(1, 0, [101, 5, 102], [1], [2], 0, 1, [2]),
+        Window(1, 1, [101, 6, 6, 4, 102], [1, 3], [3, 4], 1, 2, [0, 1]),
+    ]
+
+
+def test_collator_pads_every_field_of_the_windows_it_is_given():
+    import torch
+
+    from seqexp.data.datamodule import Collator
+    from seqexp.data.encoding import IGNORE
+
+    batch = Collator(0, _windows())([2, 1])
+    assert batch["input_ids"].tolist() == [[101, 6, 6, 4, 102], [101, 5, 102, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch["word_starts"].tolist() == [[1, 3], [1, 0]]
+    assert batch["word_ends"].tolist() == [[3, 4], [2, 1]]
+    assert batch["labels"].tolist() == [[0, 1], [2, IGNORE]]
+    assert batch["word_mask"].tolist() == [[True, True], [True, False]]
+    assert batch["score_mask"].tolist() == [[False, True], [True, False]]  # window 2 scores its word 1 only
+    assert batch["sentence"].tolist() == [1, 1] and batch["first_word"].tolist() == [1, 0]
+    assert batch["word_mask"].dtype == batch["score_mask"].dtype == torch.bool
+    assert "features" not in batch
+
+
+def test_collator_with_features_serves_them_instead_of_the_encoder_inputs():
+    import torch
+
+    from seqexp.data.datamodule import Collator
+    from seqexp.models.feature_cache import WindowFeatures
+
+    vectors = torch.arange(6 * 2, dtype=torch.float32).view(6, 2)  # 3 + 1 + 2 words
+    calls = []
+
+    def provider():
+        calls.append(1)
+        return WindowFeatures(vectors, torch.tensor([0, 3, 4, 6]))
+
+    collate = Collator(0, _windows(), provider)
+    assert calls == []  # nothing computed before the first batch
+    batch = collate([0, 2])
+    collate([1])
+    assert calls == [1]
+    assert torch.equal(batch["features"][0], vectors[0:3])
+    assert torch.equal(batch["features"][1], torch.cat([vectors[4:6], torch.zeros(1, 2)]))
+    assert not {"input_ids", "attention_mask", "word_starts", "word_ends"} & batch.keys()
+    assert batch["labels"].shape == batch["word_mask"].shape == (2, 3)
