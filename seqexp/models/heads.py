@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqexp.models.crf import CRF, IGNORE_INDEX
+from seqexp.models.dropout import FastDropout
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -76,7 +77,7 @@ class LinearHead(TaggingHead):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.num_labels = num_labels
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -135,7 +136,7 @@ class MLPHead(TaggingHead):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
         self.num_labels = num_labels
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = FastDropout(dropout)
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList() if batch_norm else None
         for i in range(num_layers):
@@ -143,7 +144,7 @@ class MLPHead(TaggingHead):
             if self.norms is not None:
                 self.norms.append(MaskedBatchNorm1d(hidden_dim))
         self.activation = _ACTIVATIONS[activation]()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.classifier = nn.Linear(hidden_dim, num_labels)
 
     def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -171,7 +172,7 @@ class CRFHead(TaggingHead):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.num_labels = num_labels
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
         self.crf = CRF(num_labels)
 
