@@ -86,6 +86,10 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ConfigError(f"`trainer.val_every_n_epochs`: must be a whole number >= 0 (0: no dev evaluation), "
                           f"got {every!r}")
+    mib = cfg.trainer.get("host_mmap_threshold_mib")
+    if mib is not None and (not isinstance(mib, (int, float)) or isinstance(mib, bool) or not 0 < mib <= 32):
+        raise ConfigError(f"`trainer.host_mmap_threshold_mib`: must be a number of MiB in (0, 32], or null "
+                          f"(glibc's dynamic threshold), got {mib!r}")
     faults.check(cfg.fault)
     _checkpoints(cfg)
     validate_dataset_cfg(cfg.dataset)

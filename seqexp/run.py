@@ -140,6 +140,11 @@ def make_trainer(cfg: DictConfig, callbacks=()):
     from lightning.pytorch.callbacks import Checkpoint
 
     t = cfg.trainer
+    callbacks = list(callbacks)
+    if t.get("host_mmap_threshold_mib") is not None:
+        from seqexp.training.host_memory import MmapThreshold
+
+        callbacks.append(MmapThreshold(t.host_mmap_threshold_mib))
     checkpointing = any(isinstance(c, Checkpoint) for c in callbacks)
     plugins = []
     if checkpointing:
@@ -154,7 +159,7 @@ def make_trainer(cfg: DictConfig, callbacks=()):
         check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
         logger=False, enable_checkpointing=checkpointing, plugins=plugins,
         enable_model_summary=False,
-        num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=list(callbacks),
+        num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=callbacks,
     )
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger("seqexp.sweep")
 SWEEP_ENV = "SEQEXP_SWEEP"
 # Keys that say where things are or how fast they run, not what is computed.
 NOT_FINGERPRINTED = ("tracking", "cache_dir", "rerun", "trainer.num_workers", "trainer.num_threads",
-                     "trainer.accelerator", "trainer.devices",
+                     "trainer.host_mmap_threshold_mib", "trainer.accelerator", "trainer.devices",
                      # resume: where checkpoints go and how often; a resumed run computes what an uninterrupted one does
                      "resume", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_dir", "trainer.keep_checkpoint")
 

@@ -29,7 +29,7 @@ TABLE_METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
 PER_TYPE_PREFIX = "test_f1_"
 _IGNORED_EXACT = {
     "seed", "labels", "trainer.accelerator", "trainer.devices", "trainer.num_workers", "trainer.num_threads",
-    "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.compile", "dataset.source", "dataset.hub_id",
+    "trainer.host_mmap_threshold_mib", "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.compile", "dataset.source", "dataset.hub_id",
 }
 _IGNORED_PREFIX = ("tracking.", "hydra.")
 _IGNORED_SUFFIX = ("data_dir", "cache_dir")
