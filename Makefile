@@ -1,5 +1,6 @@
 # seqexp — every target creates .venv/ on first use.
 #   make demo    the offline demo study: real CoNLL-2003, real MiniLM weights, MLflow sqlite, report
+#   make demo-2x the demo with every max_epochs budget doubled (is any verdict the budget's?)
 #   make test    the test suite (what CI runs)
 #   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db
 #   make report  EXP=<experiment or sweep id>: reports/<EXP>/report.{md,html}
@@ -15,7 +16,7 @@ PORT ?= 5000
 
 EXP ?= demo
 
-.PHONY: install test demo run report ui bench clean
+.PHONY: install test demo demo-2x run report ui bench clean
 
 install: .venv/.installed
 
@@ -28,11 +29,19 @@ install: .venv/.installed
 test: install
 	$(PY) -m pytest
 
-# experiments/demo.yaml: minilm, tiny-roberta, tiny-albert x last, unfreeze x adam, sgd.
-# A rerun skips the jobs that already finished.
+# experiments/demo.yaml: MiniLM x {head only (its LR tuned on dev), full fine-tuning} x {Adam, SGD} x 3 seeds.
+# A rerun skips the jobs that already finished. make demo-2x: the same protocol with every max_epochs
+# doubled (experiment demo-2x), to check that no verdict is the budget's.
+DEMO_HEAD = $(PY) -m seqexp.run -m experiment=demo freeze=last 'freeze.lr_scale=3,10,30'
+DEMO_FULL = $(PY) -m seqexp.run -m experiment=demo freeze=unfreeze
 demo: install
-	$(PY) -m seqexp.run -m experiment=demo; status=$$?; \
-	$(PY) -m seqexp.report demo --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$status
+	$(DEMO_HEAD); head=$$?; $(DEMO_FULL); full=$$?; \
+	$(PY) -m seqexp.report demo --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((head | full))
+
+demo-2x: install
+	$(DEMO_HEAD) freeze.max_epochs=100 tracking.experiment=demo-2x; head=$$?; \
+	$(DEMO_FULL) freeze.max_epochs=10 tracking.experiment=demo-2x; full=$$?; \
+	$(PY) -m seqexp.report demo-2x --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((head | full))
 
 run: install
 	$(PY) -m seqexp.run $(ARGS)

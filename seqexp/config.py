@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seqexp.config_errors import ConfigError
 from seqexp.data.sources import validate_dataset_cfg
@@ -56,6 +56,36 @@ def _checkpoints(cfg: DictConfig) -> None:
             raise ConfigError(f"`{key}`: must be true or false, got {value!r}")
 
 
+MONITORS = ("val_f1", "val_strict_f1", "val_accuracy")  # dev metrics that select the tested weights (higher is better)
+
+
+def _whole(value, key: str, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"`{key}`: must be a whole number >= {minimum}, got {value!r}")
+
+
+def _selection(cfg: DictConfig) -> None:
+    """Model selection on dev (early stopping, best weights) and the study's tuned keys."""
+    t = cfg.trainer
+    _one_of(t.get("monitor"), "trainer.monitor", MONITORS)
+    if not isinstance(t.get("early_stopping"), bool):
+        raise ConfigError(f"`trainer.early_stopping`: must be true or false, got {t.get('early_stopping')!r}")
+    _whole(t.get("patience"), "trainer.patience", 1)
+    delta = t.get("min_delta")
+    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not 0 <= delta < 1:
+        raise ConfigError(f"`trainer.min_delta`: must be a number in [0, 1) (an F1 gain), got {delta!r}")
+    _positive(cfg, "freeze.lr_scale")
+    tuned = cfg.get("tuned") or []
+    if isinstance(tuned, str) or not all(isinstance(k, str) for k in tuned):
+        raise ConfigError(f"`tuned`: must be a list of config keys, e.g. [freeze.lr_scale], got {tuned!r}")
+    for key in tuned:
+        if key in ("seed", "model", "dataset", "freeze", "optim") or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(f"`tuned`: {key!r} is not a config key that can be tuned")
+
+
+_ABSENT = object()
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value found."""
     _one_of(cfg.optim.name, "optim.name", OPTIMIZERS)
@@ -92,6 +122,7 @@ def validate(cfg: DictConfig) -> None:
                           f"(glibc's dynamic threshold), got {mib!r}")
     faults.check(cfg.fault)
     _checkpoints(cfg)
+    _selection(cfg)
     validate_dataset_cfg(cfg.dataset)
     wait = cfg.tracking.get("outage_wait_s", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:

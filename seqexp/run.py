@@ -6,12 +6,14 @@ fit -> test on every word -> log metrics and artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import re
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +118,7 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
         scheduler_cfg=cfg.scheduler, freeze=plan,
         scoring_scheme=scoring_scheme(cfg.dataset.scheme),
         gold={"dev": dm.gold("dev"), "test": dm.gold("test")},
-        metric_sink=metric_sink,
+        metric_sink=metric_sink, lr_scale=cfg.freeze.lr_scale,
     )
     return Built(splits, labels, dm, tagger)
 
@@ -205,27 +207,45 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
 
     callbacks = [faults.callback(cfg.fault)] if cfg.fault.kind else []
     saver = None
-    if cfg.trainer.checkpoint_every_n_steps is not None:
-        from seqexp.sweep import fingerprint
-        from seqexp.training.checkpoints import LastCheckpoint, checkpoint_path
+    with contextlib.ExitStack() as stack:
+        if cfg.trainer.checkpoint_every_n_steps is not None:
+            from seqexp.sweep import fingerprint
+            from seqexp.training.checkpoints import LastCheckpoint, checkpoint_path
 
-        fp = fingerprint(cfg)
-        saver = LastCheckpoint(checkpoint_path(cfg, fp), cfg.trainer.checkpoint_every_n_steps, tracker.run_id, fp)
-        callbacks.append(saver)
-    trainer = make_trainer(cfg, callbacks=callbacks)
-    started = time.perf_counter()
-    with recorded_stop(trainer, tracker):
-        trainer.fit(tagger, datamodule=dm, ckpt_path=resume.path if resume is not None else None)
-    train_time = time.perf_counter() - started
-    if saver is not None and saver.save_seconds:
-        log.info("checkpoints: %d saved to %s, %.2fs each on average", len(saver.save_seconds), saver.path,
-                 sum(saver.save_seconds) / len(saver.save_seconds))
-    metrics = {"train_time_s": train_time}
-    if tagger.first_step_at is not None and _job_started is not None:
-        metrics["startup_s"] = tagger.first_step_at - _job_started
-        log.info("first training step %.1fs after the %s started", metrics["startup_s"],
-                 "process" if _job_started == PROCESS_STARTED else "job")
-    trainer.test(tagger, datamodule=dm, verbose=False)
+            fp = fingerprint(cfg)
+            saver = LastCheckpoint(checkpoint_path(cfg, fp), cfg.trainer.checkpoint_every_n_steps, tracker.run_id, fp)
+            callbacks.append(saver)
+        best = None
+        if cfg.trainer.val_every_n_epochs:  # select on dev; without checkpoints the best weights live in a temp dir
+            from seqexp.training import selection
+
+            folder = saver.path.parent if saver is not None else \
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seqexp-best-")))
+            best, selecting = selection.callbacks(cfg.trainer, folder)
+            callbacks.extend(selecting)
+        trainer = make_trainer(cfg, callbacks=callbacks)
+        started = time.perf_counter()
+        with recorded_stop(trainer, tracker):
+            trainer.fit(tagger, datamodule=dm, ckpt_path=resume.path if resume is not None else None)
+        train_time = time.perf_counter() - started
+        if saver is not None and saver.save_seconds:
+            log.info("checkpoints: %d saved to %s, %.2fs each on average", len(saver.save_seconds), saver.path,
+                     sum(saver.save_seconds) / len(saver.save_seconds))
+        metrics = {"train_time_s": train_time, "max_epochs": float(cfg.trainer.max_epochs),
+                   "epochs_run": float(trainer.fit_loop.epoch_progress.current.completed)}
+        if tagger.first_step_at is not None and _job_started is not None:
+            metrics["startup_s"] = tagger.first_step_at - _job_started
+            log.info("first training step %.1fs after the %s started", metrics["startup_s"],
+                     "process" if _job_started == PROCESS_STARTED else "job")
+        tested = best.best_model_path if best is not None and best.best_model_path else None
+        trainer.test(tagger, datamodule=dm, ckpt_path=tested, verbose=False)
+    if tested is not None:
+        metrics.update(selection.tested_weights(tagger))
+        log.info("testing the weights of epoch %d (best %s %.4f of %d epochs run)", metrics["best_epoch"],
+                 cfg.trainer.monitor, float(best.best_model_score), metrics["epochs_run"])
+        tracker.set_tags({"selection": f"best dev epoch ({cfg.trainer.monitor})"})
+    else:
+        tracker.set_tags({"selection": "last epoch (no dev evaluation)"})
 
     result = tagger.results["test"]
     metrics.update({f"test_{k}": v for k, v in result.items() if isinstance(v, float)})

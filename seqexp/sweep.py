@@ -41,7 +41,7 @@ log = logging.getLogger("seqexp.sweep")
 
 SWEEP_ENV = "SEQEXP_SWEEP"
 # Keys that say where things are or how fast they run, not what is computed.
-NOT_FINGERPRINTED = ("tracking", "cache_dir", "rerun", "trainer.num_workers", "trainer.num_threads",
+NOT_FINGERPRINTED = ("tracking", "cache_dir", "rerun", "tuned", "trainer.num_workers", "trainer.num_threads",
                      "trainer.host_mmap_threshold_mib", "trainer.accelerator", "trainer.devices",
                      # resume: where checkpoints go and how often; a resumed run computes what an uninterrupted one does
                      "resume", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_dir", "trainer.keep_checkpoint")
@@ -136,7 +136,7 @@ def end_interrupted_sweep() -> None:
 def job_tags(cfg: DictConfig, fp: str, overrides: list[str]) -> dict[str, str]:
     """Tags of a run; inside a sweep, also its parent, sweep id and grid coordinates."""
     tags = {"seqexp.fingerprint": fp, "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid()),
-            "overrides": " ".join(overrides)}
+            "overrides": " ".join(overrides), "seqexp.tuned": ",".join(cfg.get("tuned") or [])}
     info = SweepInfo.for_current_job()
     if info is not None:
         tags.update({"mlflow.parentRunId": info.parent_run_id, "seqexp.sweep_id": info.sweep_id,

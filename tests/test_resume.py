@@ -167,3 +167,34 @@ def fingerprint_of(overrides: list[str]) -> str:
     from seqexp.sweep import fingerprint
 
     return fingerprint(compose(overrides))
+
+
+def test_resumed_run_keeps_its_best_dev_epoch_and_early_stopping_count(tmp_path, mini_conll):
+    """Killed in epoch 3, after its best dev epoch (1): the resumed run tests epoch 1's weights and stops at 4.
+
+    Head-only tiny-bert on mini_conll, seed 1: dev F1 0.109, 0.047, 0.085, 0.066 -> patience 3 ends it after
+    epoch 4. Had the resume lost ModelCheckpoint's best score, epoch 3 (0.085) would be tested; had it lost
+    EarlyStopping's count, the run would go on past epoch 4.
+    """
+    args = ["model=tiny-bert", "freeze=last", "trainer.batch_size=4", "trainer.num_threads=1",
+            "trainer.checkpoint_every_n_steps=8", f"dataset.data_dir={mini_conll}", "trainer.max_epochs=10",
+            "trainer.patience=3"]
+    ckpt = tmp_path / "run" / "checkpoints" / fingerprint_of(args) / "last.ckpt"
+    reference = start(tmp_path / "ref", *args)
+    victim = start(tmp_path / "run", *args)
+    killed = kill_when(victim, ckpt, lambda s: s["epoch"] == 2 and s["mid_epoch"])
+    assert (ckpt.parent / "best.ckpt").is_file()  # the best weights so far survive the kill
+
+    again = finish(tmp_path / "run", *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert reference.wait(timeout=600) == 0, (tmp_path / "ref" / "first.log").read_text()[-4000:]
+    client, (run,) = runs(tmp_path / "run")
+    _, (ref,) = runs(tmp_path / "ref")
+    assert run.info.run_id == killed["run_id"] and run.data.tags["resumed_from_step"] == str(killed["step"])
+    m, r = run.data.metrics, ref.data.metrics
+    assert r["best_epoch"] < r["epochs_run"] < r["max_epochs"]  # the case this test is about
+    for key in ("best_epoch", "best_val_f1", "epochs_run", "max_epochs"):
+        assert m[key] == r[key], key
+    assert {k: v for k, v in m.items() if k.startswith("test_")} == {k: v for k, v in r.items() if k.startswith("test_")}
+    assert run.data.tags["stop_reason"] == ref.data.tags["stop_reason"] == "early_stopping"
+    assert not ckpt.parent.exists()  # FINISHED: last.ckpt and best.ckpt are gone

@@ -174,9 +174,10 @@ def validate_dataset_cfg(cfg: Mapping) -> None:
     for key in ("strict", "docstart"):
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(f"`dataset.{key}`: must be true or false, got {cfg.get(key)!r}")
-    limit = cfg.get("max_train_sentences")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
-        raise ConfigError(f"`dataset.max_train_sentences`: must be a positive whole number or null, got {limit!r}")
+    for key in ("max_train_sentences", "max_dev_sentences"):
+        limit = cfg.get(key)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+            raise ConfigError(f"`dataset.{key}`: must be a positive whole number or null, got {limit!r}")
     data_dir = cfg.get("data_dir")
     if data_dir:
         folder = Path(str(data_dir)).expanduser()
@@ -346,7 +347,9 @@ def load_splits(dataset_cfg: Mapping, cache_dir: Path) -> dict[str, list[Sentenc
     """Sentences for ``train``, ``dev`` and ``test``, tags in the scoring scheme.
 
     A dataset without dev gets the last 10% of train (deterministic, logged);
-    ``max_train_sentences`` then keeps the first N of what is left of train.
+    ``max_train_sentences`` then keeps the first N of what is left of train, and
+    ``max_dev_sentences`` the first N of dev (model selection on fewer sentences, for quick
+    studies); test is always whole.
     Duplicate sentences are kept and logged with their count; dev/test labels that
     train lacks are kept in the gold tags and warned about (see ``_warn_unseen_labels``).
     """
@@ -377,10 +380,11 @@ def load_splits(dataset_cfg: Mapping, cache_dir: Path) -> dict[str, list[Sentenc
         splits["train"], splits["dev"] = train[:-n_dev], train[-n_dev:]
         log.info("%s has no dev split: using the last %d of %d train sentences as dev",
                  cfg.get("name"), n_dev, len(train))
-    limit = cfg.get("max_train_sentences")
-    if limit is not None and limit < len(splits["train"]):
-        log.info("%s: keeping the first %d of %d train sentences", cfg.get("name"), limit, len(splits["train"]))
-        splits["train"] = splits["train"][:limit]
+    for split in ("train", "dev"):  # subsets for quick studies; the test split is always whole
+        limit = cfg.get(f"max_{split}_sentences")
+        if limit is not None and limit < len(splits[split]):
+            log.info("%s: keeping the first %d of %d %s sentences", cfg.get("name"), limit, len(splits[split]), split)
+            splits[split] = splits[split][:limit]
     _report_duplicates(splits, cfg.get("name"))
     _warn_unseen_labels(splits, cfg.get("name"))
     return {split: splits[split] for split in SPLITS}

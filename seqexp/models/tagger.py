@@ -53,25 +53,29 @@ class Tagger(L.LightningModule):
     def __init__(self, encoder: nn.Module, head: TaggingHead, labels: list[str], *,
                  alignment: str, optim_cfg, scheduler_cfg, freeze: FreezePlan,
                  scoring_scheme: str | None, gold: dict[str, list[list[str]]],
-                 metric_sink: MetricSink | None = None):
+                 metric_sink: MetricSink | None = None, lr_scale: float = 1.0):
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.labels = labels
         self.alignment = alignment
         self.optim_cfg = optim_cfg
+        self.lr_scale = lr_scale
         self.scheduler_cfg = scheduler_cfg
         self.freeze = freeze
         self.scoring_scheme = scoring_scheme
         self.gold = gold
         self.metric_sink = metric_sink
         self.encoder_trains = any(p.requires_grad for p in encoder.parameters())
+        # Checkpoints (resume, best dev weights) leave frozen weights out: they come back from the pretrained source.
+        self.strict_loading = all(p.requires_grad for p in self.parameters())
         self.results: dict[str, dict] = {}
         self.predictions: dict[str, list[list[str]]] = {}
         self._pred: list[np.ndarray] | None = None
         self._loss_sum = 0.0
         self._loss_count = 0
         self.first_step_at: float | None = None
+        self.loaded: dict = {}  # epoch and dev scores of the last checkpoint loaded (the best dev weights, for test)
 
     # -- modes ---------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -118,9 +122,17 @@ class Tagger(L.LightningModule):
     # A run resumed mid-epoch (seqexp.training.checkpoints) reports the whole epoch's train_loss.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_loss_sum"] = [self._loss_sum, self._loss_count]
+        # The dev scores these weights earned: a best-dev checkpoint says what it was chosen for.
+        dev = self.results.get("dev", {})
+        checkpoint["dev_result"] = {k: v for k, v in dev.items() if isinstance(v, float)}
+        state = checkpoint["state_dict"]
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                state.pop(name, None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._loss_sum, self._loss_count = checkpoint.get("train_loss_sum", [0.0, 0])
+        self.loaded = {"epoch": int(checkpoint["epoch"]), "dev": dict(checkpoint.get("dev_result", {}))}
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
@@ -172,6 +184,9 @@ class Tagger(L.LightningModule):
         scalars = {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
         result["epoch"] = self.current_epoch
         self.log("val_f1", result["f1"], prog_bar=True)
+        for key in ("strict_f1", "accuracy"):  # what trainer.monitor may select on
+            if key in result:
+                self.log(f"val_{key}", result[key])
         self._emit(scalars, self.current_epoch)
 
     def on_test_epoch_start(self) -> None:
@@ -190,7 +205,7 @@ class Tagger(L.LightningModule):
     # -- optimisation --------------------------------------------------------
     def configure_optimizers(self):
         mixed = "mixed" in str(self.trainer.precision)
-        optimizer = build_optimizer(self.encoder, self.head, self.optim_cfg, fused=not mixed)
+        optimizer = build_optimizer(self.encoder, self.head, self.optim_cfg, fused=not mixed, lr_scale=self.lr_scale)
         steps = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

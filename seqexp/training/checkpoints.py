@@ -45,6 +45,7 @@ from seqexp.tracking import resolve_uri
 log = logging.getLogger("seqexp")
 
 NAME = "last.ckpt"
+BEST = "best.ckpt"  # the weights of the best dev evaluation so far (seqexp.run: Lightning's ModelCheckpoint)
 
 
 class CheckpointError(RuntimeError):
@@ -128,8 +129,9 @@ def resume_point(cfg, mlflow_client, fingerprint: str) -> SavedState | None:
 
 
 def remove_checkpoint(path: Path) -> None:
-    """Delete a finished run's checkpoint (and its folder when empty)."""
+    """Delete a finished run's checkpoint, its best-dev weights, and its folder when empty."""
     path.unlink(missing_ok=True)
+    (path.parent / BEST).unlink(missing_ok=True)
     try:
         path.parent.rmdir()
     except OSError:
@@ -214,9 +216,8 @@ class LastCheckpoint(Checkpoint):
         self._rng_to_restore: dict | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The Tagger leaves these out of every checkpoint (on_save_checkpoint) and loads non-strictly.
         self._frozen = frozen_keys(pl_module)
-        if self._frozen:  # our checkpoints lack them: the loaded model keeps its pretrained values
-            pl_module.strict_loading = False
 
     # -- saving ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -242,9 +243,6 @@ class LastCheckpoint(Checkpoint):
         log.debug("checkpoint at step %d: %s (%.2fs)", trainer.global_step, self.path, self.save_seconds[-1])
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        for key in self._frozen:
-            state.pop(key, None)
         if self._frozen and self._frozen_fp is None:  # frozen weights never change: hash them once
             self._frozen_fp = frozen_fingerprint(pl_module, self._frozen)
         checkpoint["seqexp"] = {**self.meta, "frozen_fingerprint": self._frozen_fp, "rng": rng_states()}

@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules over the trainable parameters only.
 
 Two learning rates: ``optim.lr`` for the tagging head, ``optim.encoder_lr`` for the
-encoder parameters that train. Weight decay never touches biases, normalisation
+encoder parameters that train, both multiplied by the strategy's ``freeze.lr_scale``
+(head-only training affords a higher rate than full fine-tuning). Weight decay never touches biases, normalisation
 weights (any 1-D tensor) or frozen parameters (those never reach the optimizer).
 Every schedule steps once per optimizer step (per batch).
 """
@@ -32,26 +33,27 @@ def _groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: 
     return [g for g in groups if g["params"]]
 
 
-def param_groups(encoder: nn.Module, head: nn.Module, cfg) -> list[dict]:
-    return _groups(head.named_parameters(), cfg.lr, cfg.weight_decay) + _groups(
-        encoder.named_parameters(), cfg.encoder_lr, cfg.weight_decay
+def param_groups(encoder: nn.Module, head: nn.Module, cfg, lr_scale: float = 1.0) -> list[dict]:
+    return _groups(head.named_parameters(), cfg.lr * lr_scale, cfg.weight_decay) + _groups(
+        encoder.named_parameters(), cfg.encoder_lr * lr_scale, cfg.weight_decay
     )
 
 
-def build_optimizer(encoder: nn.Module, head: nn.Module, cfg, fused: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(encoder: nn.Module, head: nn.Module, cfg, fused: bool = True,
+                    lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """``fused``: one kernel per step instead of a dozen elementwise ops per parameter (CPU and CUDA).
     Lightning refuses gradient clipping with a fused optimizer under mixed precision: pass False there."""
     import torch
 
-    groups = param_groups(encoder, head, cfg)
+    groups = param_groups(encoder, head, cfg, lr_scale)
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = (fused and devices <= {"cpu", "cuda"}) or None
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
+        return torch.optim.SGD(groups, lr=cfg.lr * lr_scale, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
     if cfg.name in ("adam", "adamw"):
         cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
         # Adam's weight_decay is L2 in the gradient; AdamW's is decoupled.
-        return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+        return cls(groups, lr=cfg.lr * lr_scale, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
     raise ConfigError(f"`optim.name`: unknown {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

@@ -73,7 +73,7 @@ def interruptible() -> Iterator[None]:
 
 
 def stop_reason(trainer) -> str:
-    """Why ``trainer.fit`` returned: ``max_time``, ``max_steps`` or ``max_epochs``."""
+    """Why ``trainer.fit`` returned: ``max_time``, ``max_steps``, ``early_stopping`` or ``max_epochs``."""
     from lightning.pytorch.callbacks import Timer
 
     for callback in trainer.callbacks:
@@ -83,6 +83,10 @@ def stop_reason(trainer) -> str:
                 return "max_time"
     if 0 <= trainer.max_steps <= trainer.global_step:
         return "max_steps"
+    from seqexp.training.selection import early_stopped
+
+    if early_stopped(trainer):
+        return "early_stopping"
     return "max_epochs"
 
 
@@ -90,7 +94,7 @@ def stop_reason(trainer) -> str:
 def recorded_stop(trainer, tracker) -> Iterator[None]:
     """Around ``trainer.fit``: log ``stopped_at_step``/``stopped_at_epoch`` and a ``stop_reason`` tag.
 
-    ``stop_reason`` is ``max_epochs``, ``max_steps`` or ``max_time`` after a normal end,
+    ``stop_reason`` is ``max_epochs``, ``max_steps``, ``max_time`` or ``early_stopping`` after a normal end,
     ``interrupted`` after Ctrl-C/SIGTERM and ``error`` after an exception (NaN loss included).
     """
     def record(reason: str) -> None:
