@@ -162,6 +162,7 @@ class Grid:
     extra_axes: list[str] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
     tuned: list[str] = field(default_factory=list)
+    repeated: list[tuple[RunRecord, str]] = field(default_factory=list)  # a seed run twice in one candidate
 
     def candidates(self) -> list[Config]:
         return [c for cell in self.cells for c in cell.candidates]
@@ -211,7 +212,9 @@ def _varying(runs: Iterable[RunRecord], axis: str) -> bool:
 def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
     """Cells, candidates and picks of ``runs`` (complete, FINISHED runs, one per fingerprint).
 
-    ``tuned`` adds tuned keys to those of the runs' ``seqexp.tuned`` tags.
+    ``tuned`` adds tuned keys to those of the runs' ``seqexp.tuned`` tags. A seed that appears twice in
+    one candidate (fingerprints that differ only in a location) counts once: the earliest run stays,
+    the others go to ``Grid.repeated`` with the reason.
     """
     tuned_all = tuned_keys(runs, tuned)
     tuned_set = set(tuned_all)
@@ -226,7 +229,7 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
         cell = tuple(r.params.get(a, MISSING) for a in axes_order)
         cand = tuple(r.params.get(k, MISSING) for k in tuned_present)
         by_cell.setdefault(cell, {}).setdefault(cand, []).append(r)
-    cells = []
+    cells, repeated = [], []
     for key in sorted(by_cell, key=lambda k: tuple(_natural(v) for v in k)):
         axes = dict(zip(axes_order, key))
         group = axes["model"] + (f" on {axes['dataset']}" if multi_dataset else "")
@@ -234,12 +237,20 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
         strategy = "+".join(parts)
         candidates = []
         for cand in sorted(by_cell[key], key=lambda k: tuple(_value_key(v) for v in k)):
-            members = sorted(by_cell[key][cand], key=lambda r: _natural(r.seed))
+            members = []
+            first: dict[str, RunRecord] = {}
+            for r in sorted(by_cell[key][cand], key=lambda r: (r.start_time, r.run_id)):
+                if r.seed in first:  # same cell, candidate and seed (fingerprints differ in a location only)
+                    repeated.append((r, f"seed {r.seed} of this configuration again: duplicate of {first[r.seed].run_id}"))
+                else:
+                    first[r.seed] = r
+                    members.append(r)
+            members.sort(key=lambda r: _natural(r.seed))
             candidates.append(Config(axes, members, group, strategy, dict(zip(tuned_present, cand))))
         pick, reason = pick_candidate(candidates)
         cells.append(Cell(axes, group, strategy, candidates, pick, reason))
     picks = [c.pick for c in cells if c.pick is not None]
-    return Grid(picks, shown, strategy_axes, extras, cells, tuned_present)
+    return Grid(picks, shown, strategy_axes, extras, cells, tuned_present, repeated)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,17 @@ def collect_report(uri: str, target: str, bootstrap: int = 1000, seed: int = 0,
     histories = {r.run_id: metric_history(client, r.run_id, HISTORY_METRIC) for r in selection.finished}
     selection = dataclasses.replace(selection, finished=[with_fallbacks(r, histories[r.run_id])
                                                          for r in selection.finished])
+    known = {k for r in selection.finished for k in r.params}
+    unknown = [k for k in tuned if k not in known]
+    if unknown:
+        close = sorted({m for u in unknown for m in difflib.get_close_matches(u, known, n=3)})
+        raise ReportError(f"--tuned {','.join(unknown)}: no run of {selection.kind} {target!r} has such a param"
+                          + (f" (similar: {', '.join(close)})" if close else ""))
     grid = group_configs(selection.finished, tuned)
+    if grid.repeated:
+        gone = {r.run_id for r, _ in grid.repeated}
+        selection = dataclasses.replace(selection, finished=[r for r in selection.finished if r.run_id not in gone],
+                                        excluded=[*selection.excluded, *grid.repeated])
     comparisons = compare_strategies(grid, lambda run, dst: download_predictions(client, run, dst),
                                      resamples=bootstrap, seed=seed)
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

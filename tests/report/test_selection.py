@@ -102,6 +102,19 @@ def test_older_runs_select_on_their_dev_history_not_on_test():
     assert with_fallbacks(run, []).metrics.get("best_val_f1") is None  # no dev at all: nothing invented
 
 
+def test_one_seed_run_twice_is_one_seed_even_with_another_fingerprint():
+    runs = two_candidates()
+    again = rec("a1-again", "last", "1e-3", "1", dev=0.99, test=0.99)
+    again = RunRecord(again.run_id, again.name, again.status, again.experiment_id,
+                      {**again.params, "dataset.data_dir": "/elsewhere"}, again.metrics, again.tags, start_time=5)
+    grid = group_configs([*runs, again])
+    cand = next(c for c in grid.candidates() if c.tuned == {"optim.lr": "1e-3"})
+    assert cand.seeds == ["1", "2", "3"] and "a1-again" not in {r.run_id for r in cand.runs}
+    assert [(r.run_id, why) for r, why in grid.repeated] == [
+        ("a1-again", "seed 1 of this configuration again: duplicate of a1")]
+    assert grid.cells[0].pick.tuned == {"optim.lr": "1e-2"}  # the repeat's dev 0.99 did not count
+
+
 def test_expected_max_known_cases():
     values = [0.2, 0.5, 0.9]
     assert expected_max(values, 1) == pytest.approx(sum(values) / 3)  # n = 1: the mean
@@ -122,7 +135,7 @@ PLAN = {("last", "1e-3"): (0.02, (0.80, 0.81, 0.82)),  # best test, worse dev
 BUDGET = {"last": (20, 12, 9), "unfreeze": (4, 4, 3)}  # max epochs, epochs run, best epoch
 
 
-def make_store(root: Path, tag: bool = True) -> dict:
+def make_store(root: Path, tag: bool = True, relocated: bool = False) -> dict:
     gold = read_tags(shared_corpus("conll2003") / "eng.testb", limit=N_SENTENCES)
     uri = f"sqlite:///{root / 'mlruns.db'}"
     client = MlflowClient(uri)
@@ -130,13 +143,13 @@ def make_store(root: Path, tag: bool = True) -> dict:
     ids: dict[tuple[str, str, str], str] = {}
     clock = 1_700_000_000_000
 
-    def log(freeze: str, lr: str, seed: str, k: int) -> str:
+    def log(freeze: str, lr: str, seed: str, k: int, data_dir: str = "/data/conll2003") -> str:
         nonlocal clock
         clock += 1000
         drop, devs = PLAN[(freeze, lr)]
         pred = corrupt(gold, drop, seed=100 * k + int(seed))
         result = evaluate(gold, pred, "IOB2")
-        tags = {"seqexp.fingerprint": f"fp-{freeze}-{lr}-{seed}", "mlflow.source.git.commit": "abc"}
+        tags = {"seqexp.fingerprint": f"fp-{freeze}-{lr}-{seed}-{data_dir}", "mlflow.source.git.commit": "abc"}
         if tag:
             tags["seqexp.tuned"] = "optim.lr"
         run = client.create_run(exp_id, start_time=clock, run_name=f"minilm|{freeze}|adam|s{seed}", tags=tags)
@@ -144,7 +157,7 @@ def make_store(root: Path, tag: bool = True) -> dict:
         params = {"model": "minilm", "dataset": "conll2003", "freeze": freeze, "optim": "adam",
                   "scheduler": "linear", "head": "linear", "seed": seed, "optim.lr": lr,
                   "optim.weight_decay": "0.0", "trainer.max_epochs": str(BUDGET[freeze][0]),
-                  "dataset.scheme": "IOB2", "dataset.task": "ner"}
+                  "dataset.scheme": "IOB2", "dataset.task": "ner", "dataset.data_dir": data_dir}
         max_e, run_e, best_e = BUDGET[freeze]
         metrics = {f"test_{k}": v for k, v in result.items() if isinstance(v, float)}
         metrics.update(best_val_f1=devs[int(seed) - 1], best_epoch=best_e, epochs_run=run_e, max_epochs=max_e,
@@ -163,7 +176,8 @@ def make_store(root: Path, tag: bool = True) -> dict:
         for seed in ("1", "2", "3"):
             ids[(freeze, lr, seed)] = log(freeze, lr, seed, k)
     duplicate = log("unfreeze", "1e-4", "1", 99)  # the same fingerprint run again, later
-    return {"uri": uri, "client": client, "ids": ids, "duplicate": duplicate}
+    moved = log("unfreeze", "1e-4", "2", 98, data_dir="/copy/conll2003") if relocated else None
+    return {"uri": uri, "client": client, "ids": ids, "duplicate": duplicate, "relocated": moved}
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +209,9 @@ def test_real_store_picks_on_dev_and_hides_test_of_other_candidates(store, repor
             f1 = client.get_run(store["ids"][("last", lr, seed)]).data.metrics["test_f1"]
             assert f"{100 * f1:.2f}" not in md
     assert "`optim.lr`" in section(md, "2. Selection on dev") and "`optim.weight_decay=0.0`" in md
+    picked = [(r["tuned"], r["picked"]) for r in data.selection_table() if r["axes"]["freeze"] == "last"]
+    assert picked == [({"optim.lr": "1e-3"}, False), ({"optim.lr": "1e-2"}, True), ({"optim.lr": "5e-2"}, False)]
+    assert all("test_f1" not in row for row in data.selection_table())
     assert "expected_validation.png" in section(md, "3. Expected validation")
     assert (report.parent / "expected_validation.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -230,13 +247,16 @@ def test_real_store_verdict_uses_the_picks(report):
 
 
 def test_swapping_test_metrics_in_mlflow_keeps_the_pick_and_the_flag_equals_the_tag(tmp_path, capsys):
-    s = make_store(tmp_path, tag=False)
+    s = make_store(tmp_path, tag=False, relocated=True)
     assert len(collect_report(s["uri"], "sel", bootstrap=0).grid.cells) == 4  # untuned: lr is a compared axis
     before = collect_report(s["uri"], "sel", bootstrap=0, tuned=["optim.lr"])
     assert next(c for c in before.grid.configs if c.axes["freeze"] == "last").tuned == {"optim.lr": "1e-2"}
     for (freeze, lr, _), rid in s["ids"].items():  # the picked candidate becomes the worst on test, others best
         s["client"].log_metric(rid, "test_f1", 0.01 if lr == "1e-2" else 0.99, timestamp=2_000_000_000_000, step=1)
     after = collect_report(s["uri"], "sel", bootstrap=0, tuned=["optim.lr"])
+    why = dict((r.run_id, w) for r, w in after.selection.excluded)[s["relocated"]]  # same seed, data elsewhere
+    assert why == f"seed 2 of this configuration again: duplicate of {s['ids'][('unfreeze', '1e-4', '2')]}"
+    assert s["relocated"] not in {r.run_id for r in after.selection.finished}
     last = next(c for c in after.grid.configs if c.axes["freeze"] == "last")
     assert last.tuned == {"optim.lr": "1e-2"} and last.mean("test_f1") == pytest.approx(0.01)
     out = tmp_path / "cli"
@@ -245,3 +265,9 @@ def test_swapping_test_metrics_in_mlflow_keeps_the_pick_and_the_flag_equals_the_
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--tuned" in capsys.readouterr().out
+    assert main(["sel", "--uri", s["uri"], "--out", str(tmp_path / "bad"), "--tuned", "optim.lrr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "seqexp.report: error: --tuned optim.lrr: no run of experiment 'sel' has such a param (similar: ")
+    assert "optim.lr" in err[0]
+    assert not (tmp_path / "bad").exists()
