@@ -63,13 +63,13 @@ def learning_curves(configs: Sequence[Config], histories: Mapping[str, list[tupl
     return _save(fig, path)
 
 
-def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
-    """Grouped bars: x = model, one bar per strategy, error bar = std over seeds (none for a single seed)."""
+def bar_series(groups: Mapping[str, Sequence[Config]]) -> list[tuple[str, list[float], list[float], list[float | None]]]:
+    """Per strategy: bar x positions, mean test F1 ×100 and std ×100 (None with a single seed: no error bar)."""
     strategies = list(dict.fromkeys(c.strategy for cs in groups.values() for c in cs))
     names = list(groups)
     width = 0.8 / max(1, len(strategies))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.5 * len(names) * max(1, len(strategies))), 4.8))
-    for j, (strategy, color) in enumerate(zip(strategies, _colors(len(strategies)))):
+    out = []
+    for j, strategy in enumerate(strategies):
         xs, ys, errs = [], [], []
         for i, name in enumerate(names):
             config = next((c for c in groups[name] if c.strategy == strategy), None)
@@ -79,6 +79,17 @@ def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
             ys.append(100 * (config.mean("test_f1") or 0.0))
             std = config.std("test_f1")
             errs.append(None if std is None else 100 * std)
+        out.append((strategy, xs, ys, errs))
+    return out
+
+
+def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
+    """Grouped bars: x = model, one bar per strategy, error bar = std over seeds (none for a single seed)."""
+    series = bar_series(groups)
+    names = list(groups)
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.5 * len(names) * max(1, len(series))), 4.8))
+    for (strategy, xs, ys, errs), color in zip(series, _colors(len(series))):
         ax.bar(xs, ys, width, color=color, label=strategy or "(single strategy)")
         with_err = [(x, y, e) for x, y, e in zip(xs, ys, errs) if e is not None]
         if with_err:

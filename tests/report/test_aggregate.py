@@ -66,3 +66,13 @@ def test_verdict_calls_a_one_seed_win_inconclusive_whatever_its_p(tmp_path: Path
     assert "significant" not in text
     assert "Against the other strategy: top_k+adam (" in text
     assert "not tested — test_predictions.conll missing for minilm|top_k|adam|s1" in text
+
+
+def test_bars_have_no_error_bar_from_a_single_seed():
+    from seqexp.report.plots import bar_series
+
+    grid = group_configs([record("a", "m", "last", "1", 0.5), record("b", "m", "unfreeze", "1", 0.7),
+                          record("c", "m", "unfreeze", "2", 0.9)])
+    series = {strategy: errs for strategy, _, _, errs in bar_series(grid.groups())}
+    assert series["last+adam"] == [None]
+    assert series["unfreeze+adam"][0] is not None and abs(series["unfreeze+adam"][0] - 14.142) < 0.01
