@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="resamples of the paired sentence bootstrap and of ASO's bootstrap; 0 skips the "
                         "significance tests (default: 1000)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the bootstrap resampling, sentence bootstrap and ASO (default: 0)")
+                   help="seed of the resampling (sentence bootstrap and ASO; default: 0)")
     p.add_argument("--tuned", default="", metavar="KEY1,KEY2",
                    help="comma-separated config keys that are tuned hyperparameters (e.g. optim.lr,head.dropout), "
                         "besides those in the runs' seqexp.tuned tags: each cell keeps the candidate with the best "

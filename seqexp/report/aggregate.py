@@ -67,7 +67,7 @@ def _ignored(key: str) -> bool:
 
 @dataclass
 class Config:
-    """One configuration and its runs (one per seed, in seed order)."""
+    """One candidate of a cell (its compared ``axes`` plus ``tuned`` values) and its runs, one per seed."""
 
     axes: dict[str, str]
     runs: list[RunRecord]
@@ -175,7 +175,7 @@ class Grid:
         return out
 
     def best(self) -> dict[str, Config]:
-        """The configuration with the highest mean test F1 per group."""
+        """The pick with the highest mean test F1 per group (the outcome reported, not a selection)."""
         return {g: max(cs, key=lambda c: c.mean("test_f1") or -math.inf) for g, cs in self.groups().items()}
 
     def datasets(self) -> list[str]:
@@ -241,7 +241,8 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
             first: dict[str, RunRecord] = {}
             for r in sorted(by_cell[key][cand], key=lambda r: (r.start_time, r.run_id)):
                 if r.seed in first:  # same cell, candidate and seed (fingerprints differ in a location only)
-                    repeated.append((r, f"seed {r.seed} of this configuration again: duplicate of {first[r.seed].run_id}"))
+                    why = f"seed {r.seed} of this configuration again: duplicate of {first[r.seed].run_id}"
+                    repeated.append((r, why))
                 else:
                     first[r.seed] = r
                     members.append(r)

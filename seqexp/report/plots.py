@@ -63,7 +63,10 @@ def learning_curves(configs: Sequence[Config], histories: Mapping[str, list[tupl
     return _save(fig, path)
 
 
-def bar_series(groups: Mapping[str, Sequence[Config]]) -> list[tuple[str, list[float], list[float], list[float | None]]]:
+Series = tuple[str, list[float], list[float], list[float | None]]
+
+
+def bar_series(groups: Mapping[str, Sequence[Config]]) -> list[Series]:
     """Per strategy: bar x positions, mean test F1 ×100 and std ×100 (None with a single seed: no error bar)."""
     strategies = list(dict.fromkeys(c.strategy for cs in groups.values() for c in cs))
     names = list(groups)

@@ -284,8 +284,8 @@ def provenance_blocks(data: "ReportData") -> list[Block]:
                 rows.append([f"`{r.run_id}`", r.name, cell.label, c.candidate, r.seed,
                              "—" if dev is None else f"{100 * dev:.2f}",
                              f"{100 * r.metrics['test_f1']:.2f}" if picked else "— (not picked)", r.commit[:10]])
-    return [Bullets(items), Para(f"Every number above was built from {'this run' if len(rows) == 1 else f'these {len(rows)} runs'} "
-                                 "(test F1 only for the picked candidates):"),
+    which = "this run" if len(rows) == 1 else f"these {len(rows)} runs"
+    return [Bullets(items), Para(f"Every number above was built from {which} (test F1 only for the picked candidates):"),
             Table(["run id", "run name", "cell", "candidate", "seed", "dev F1", "test F1", "commit"], rows,
                   ["l", "l", "l", "l", "r", "r", "r", "l"])]
 
@@ -325,7 +325,7 @@ def document(data: "ReportData", figures: dict[str, Path]) -> list[Block]:
         Heading("5. Validation learning curves"),
         Image(figures["curves"], "Validation F1 per epoch, mean over seeds, one line per cell (its pick)"),
         Heading("6. Test F1 per model and strategy"),
-        Image(figures["bars"], "Test F1 ×100, mean over seeds; error bars = std over seeds, drawn only with ≥2 seeds"),
+        Image(figures["bars"], "Test F1 ×100, mean over seeds; error bars = std over seeds, only with ≥2 seeds"),
         Heading("7. Cost against quality"),
         Image(figures["cost"], "Test F1 against train time, Pareto frontier dashed"),
         Para(pareto_text(grid)),
