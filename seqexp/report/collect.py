@@ -178,8 +178,8 @@ def with_fallbacks(run: RunRecord, history: list[tuple[int, float]]) -> RunRecor
     """``run`` with the selection and budget metrics older runs lack, derived from their dev history.
 
     ``best_val_f1``/``best_epoch``: the maximum of the per-epoch ``val_f1`` (first
-    epoch reaching it; steps are 0-based epochs); ``max_epochs``: the param
-    ``trainer.max_epochs``. Derived names are listed in ``derived``; test metrics are never used.
+    epoch reaching it; steps are 0-based epochs); ``epochs_run``: the last epoch
+    with a dev score when dev ran every epoch; ``max_epochs``: the param ``trainer.max_epochs``. Derived names are listed in ``derived``; test metrics are never used.
     """
     metrics, derived = dict(run.metrics), []
     if "best_val_f1" not in metrics and history:
@@ -189,6 +189,9 @@ def with_fallbacks(run: RunRecord, history: list[tuple[int, float]]) -> RunRecor
         if "best_epoch" not in metrics:
             metrics["best_epoch"] = float(step + 1)
             derived.append("best_epoch")
+    if "epochs_run" not in metrics and history and run.params.get("trainer.val_every_n_epochs", "1") == "1":
+        metrics["epochs_run"] = float(max(step for step, _ in history) + 1)  # dev ran after every epoch
+        derived.append("epochs_run")
     if "max_epochs" not in metrics:
         try:
             metrics["max_epochs"] = float(run.params["trainer.max_epochs"])

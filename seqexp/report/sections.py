@@ -244,9 +244,13 @@ def excluded_blocks(data: "ReportData") -> list[Block]:
     if not sel.excluded:
         return [Para("None: every run finished with test metrics.")]
     rows = [[f"`{r.run_id}`", r.name, reason[:300]] for r, reason in sel.excluded]
-    return [Para(f"{plural(len(sel.excluded), 'run')} {'is' if len(sel.excluded) == 1 else 'are'} "
-                 "in no table or figure:"),
-            Table(["run id", "run name", "status / reason"], rows)]
+    blocks: list[Block] = [Para(f"{plural(len(sel.excluded), 'run')} {'is' if len(sel.excluded) == 1 else 'are'} "
+                                "in no table or figure:"),
+                           Table(["run id", "run name", "status / reason"], rows)]
+    if any("duplicate of" in reason for _, reason in sel.excluded):
+        blocks.append(Para("A configuration and seed that FINISHED more than once (same `seqexp.fingerprint`, or "
+                           "the same cell, candidate and seed) counts once: the earliest run is kept."))
+    return blocks
 
 
 def provenance_blocks(data: "ReportData") -> list[Block]:

@@ -98,7 +98,9 @@ def test_older_runs_select_on_their_dev_history_not_on_test():
     derived = with_fallbacks(run, [(0, 0.5), (1, 0.7), (2, 0.7), (3, 0.6)])
     assert derived.metrics["best_val_f1"] == 0.7 and derived.metrics["best_epoch"] == 2.0  # first best, 1-based
     assert derived.metrics["max_epochs"] == 20.0
-    assert set(derived.derived) == {"best_val_f1", "best_epoch", "max_epochs"}
+    assert derived.metrics["epochs_run"] == 4.0
+    assert set(derived.derived) == {"best_val_f1", "best_epoch", "epochs_run", "max_epochs"}
+    assert "test_f1" not in derived.derived and derived.metrics["test_f1"] == 0.99
     assert with_fallbacks(run, []).metrics.get("best_val_f1") is None  # no dev at all: nothing invented
 
 
