@@ -8,7 +8,7 @@ seeds. Values that say where or how a run executed (paths, tracking, threads,
 devices) never split a cell.
 
 Tuned keys are the hyperparameters a study declares it tunes (the runs' tag
-``seqexp.tuned``, comma-separated, plus ``--tuned``). The *candidates* of a cell
+``seqexp.tuned``, comma-separated, else their ``tuned`` config list; plus ``--tuned``). The *candidates* of a cell
 are its distinct combinations of tuned values; each candidate has its seeds.
 Each cell keeps ONE candidate, its *pick*: the best mean dev F1 over seeds
 (``best_val_f1``), ties broken by fewer seeds without a dev score, then by the
@@ -23,6 +23,7 @@ highest mean test F1.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import statistics
@@ -37,13 +38,14 @@ STRATEGY_AXES = ("freeze", "optim", "scheduler", "head")
 TABLE_METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
 PER_TYPE_PREFIX = "test_f1_"
 _IGNORED_EXACT = {
-    "seed", "labels", "trainer.accelerator", "trainer.devices", "trainer.num_workers", "trainer.num_threads",
+    "seed", "labels", "tuned", "trainer.accelerator", "trainer.devices", "trainer.num_workers", "trainer.num_threads",
     "trainer.host_mmap_threshold_mib", "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.compile", "dataset.source", "dataset.hub_id",
 }
 _IGNORED_PREFIX = ("tracking.", "hydra.")
 _IGNORED_SUFFIX = ("data_dir", "cache_dir")
 MISSING = "—"
 TUNED_TAG = "seqexp.tuned"
+TUNED_PARAM = "tuned"  # the study's declaration in the config (a list), flattened to a param
 DEV_METRIC = "best_val_f1"
 
 
@@ -182,10 +184,22 @@ class Grid:
         return sorted({c.axes.get("dataset", MISSING) for c in self.configs}, key=_natural)
 
 
+def _declared(run: RunRecord) -> str:
+    """A run's tuned keys, comma-separated: the ``seqexp.tuned`` tag, else the ``tuned`` param (a list)."""
+    if TUNED_TAG in run.tags:
+        return run.tags[TUNED_TAG]
+    param = run.params.get(TUNED_PARAM, "")
+    try:
+        value = ast.literal_eval(param) if param.startswith("[") else param
+    except (ValueError, SyntaxError):
+        return param
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def tuned_keys(runs: Iterable[RunRecord], extra: Iterable[str] = ()) -> list[str]:
-    """Union of the runs' ``seqexp.tuned`` tags and ``extra`` (e.g. ``--tuned``), in first-seen order."""
+    """Union of the runs' declared tuned keys and ``extra`` (e.g. ``--tuned``), in first-seen order."""
     keys: dict[str, None] = {}
-    for source in [*(r.tags.get(TUNED_TAG, "") for r in runs), ",".join(extra)]:
+    for source in [*(_declared(r) for r in runs), ",".join(extra)]:
         for key in source.split(","):
             if key.strip():
                 keys[key.strip()] = None

@@ -99,7 +99,7 @@ def selection_blocks(grid: Grid) -> list[Block]:
     blocks: list[Block] = []
     if grid.tuned:
         blocks.append(Para(
-            "Tuned hyperparameters (the runs' `seqexp.tuned` tag and `--tuned`): "
+            "Tuned hyperparameters (the runs' `seqexp.tuned` tag or `tuned` config, and `--tuned`): "
             + ", ".join(f"`{k}`" for k in grid.tuned) + ". For each cell the candidate (combination of tuned "
             "values) with the best **mean dev F1 over seeds** (`best_val_f1`, the dev F1 of each run's best "
             "epoch) is picked; ties go to the candidate with fewer seeds missing a dev score, then to the first "
@@ -121,7 +121,7 @@ def selection_blocks(grid: Grid) -> list[Block]:
             blocks.append(Para("Left out of every table and figure (no candidate could be picked on dev): "
                                + ", ".join(dropped) + "."))
     else:
-        blocks.append(Para("Nothing was tuned (no run carries a `seqexp.tuned` tag and no `--tuned` was given): "
+        blocks.append(Para("Nothing was tuned (no run declares tuned keys and no `--tuned` was given): "
                            "each cell has one candidate, and it is the one reported."))
     keys = sorted({k for c in grid.configs for r in c.runs for k in r.params if _hyper(k)}
                   - set(grid.tuned) - set(grid.extra_axes))

@@ -76,6 +76,14 @@ def test_tuned_keys_come_from_tags_or_the_flag_and_otherwise_split_cells():
     assert len(by_flag.cells) == 1 and by_flag.configs[0].tuned == {"optim.lr": "1e-2"}
 
 
+def test_tuned_keys_also_come_from_the_tuned_config_param():
+    runs = [RunRecord(r.run_id, r.name, r.status, r.experiment_id, {**r.params, "tuned": "['optim.lr']"},
+                      r.metrics, {}) for r in two_candidates()]
+    grid = group_configs(runs)
+    assert grid.tuned == ["optim.lr"] and len(grid.cells) == 1 and "tuned" not in grid.extra_axes
+    assert grid.configs[0].tuned == {"optim.lr": "1e-2"}
+
+
 def test_ties_go_to_fewer_missing_seeds_then_sorted_order():
     runs = [rec("a1", "last", "1e-3", "1", 0.8, 0.1), rec("a2", "last", "1e-3", "2", None, 0.1),
             rec("b1", "last", "1e-2", "1", 0.8, 0.9), rec("b2", "last", "1e-2", "2", 0.8, 0.9)]
