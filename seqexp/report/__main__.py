@@ -24,8 +24,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MLflow tracking URI (default: sqlite:///mlruns.db, relative to the current directory)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<target>/)")
     p.add_argument("--bootstrap", type=int, default=1000,
-                   help="paired-bootstrap resamples for the significance tests; 0 skips them (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
+                   help="resamples of the paired sentence bootstrap and of ASO's bootstrap; 0 skips the "
+                        "significance tests (default: 1000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the resampling (sentence bootstrap and ASO; default: 0)")
+    p.add_argument("--tuned", default="", metavar="KEY1,KEY2",
+                   help="comma-separated config keys that are tuned hyperparameters (e.g. optim.lr,head.dropout), "
+                        "besides those in the runs' seqexp.tuned tags: each cell keeps the candidate with the best "
+                        "mean dev F1 over seeds, and only it is reported")
     return p.parse_args(argv)
 
 
@@ -33,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out if args.out is not None else default_out_dir(args.target)
     try:
-        md = build_report(args.uri, args.target, out, bootstrap=args.bootstrap, seed=args.seed)
+        md = build_report(args.uri, args.target, out, bootstrap=args.bootstrap, seed=args.seed,
+                          tuned=[k.strip() for k in args.tuned.split(",") if k.strip()])
     except ReportError as exc:
         print(f"seqexp.report: error: {exc}", file=sys.stderr)
         return 2

@@ -1,19 +1,29 @@
-"""Group runs into configurations (everything but the seed) and summarise each over its seeds.
+"""Group runs into cells (what is compared), their candidates (tuned values) and seeds; pick on dev.
 
-A configuration is the tuple of grid axes (``model``, ``dataset``, ``freeze``,
+A *cell* is the tuple of grid axes (``model``, ``dataset``, ``freeze``,
 ``optim``, ``scheduler``, ``head``) PLUS any flattened config value that differs
-between runs sharing those axes (say ``optim.lr`` in a learning-rate sweep):
-otherwise such runs would be averaged together as if they were seeds. Values
-that say where or how a run executed (paths, tracking, threads, devices) never
-split a configuration.
+between runs sharing those axes (say ``optim.momentum`` in a sweep) and is not a
+*tuned* key: otherwise such runs would be averaged together as if they were
+seeds. Values that say where or how a run executed (paths, tracking, threads,
+devices) never split a cell.
 
-Within a model, configurations are called *strategies* and named by the axes
-that vary, e.g. ``unfreeze+adam``; the best one per model is the one with the
+Tuned keys are the hyperparameters a study declares it tunes (the runs' tag
+``seqexp.tuned``, comma-separated, else their ``tuned`` config list; plus ``--tuned``). The *candidates* of a cell
+are its distinct combinations of tuned values; each candidate has its seeds.
+Each cell keeps ONE candidate, its *pick*: the best mean dev F1 over seeds
+(``best_val_f1``), ties broken by fewer seeds without a dev score, then by the
+order of the tuned values (numbers numerically, smallest first). Test metrics never take part. The main
+table, verdicts, significance tests and plots see only the picks
+(:attr:`Grid.configs`); the selection table shows every candidate.
+
+Within a model, cells are called *strategies* and named by the compared axes
+that vary, e.g. ``unfreeze+adam``; the best one per model is the pick with the
 highest mean test F1.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import statistics
@@ -28,17 +38,28 @@ STRATEGY_AXES = ("freeze", "optim", "scheduler", "head")
 TABLE_METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
 PER_TYPE_PREFIX = "test_f1_"
 _IGNORED_EXACT = {
-    "seed", "labels", "trainer.accelerator", "trainer.devices", "trainer.num_workers", "trainer.num_threads",
+    "seed", "labels", "tuned", "trainer.accelerator", "trainer.devices", "trainer.num_workers", "trainer.num_threads",
     "trainer.host_mmap_threshold_mib", "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.compile", "dataset.source", "dataset.hub_id",
 }
 _IGNORED_PREFIX = ("tracking.", "hydra.")
 _IGNORED_SUFFIX = ("data_dir", "cache_dir")
 MISSING = "—"
+TUNED_TAG = "seqexp.tuned"
+TUNED_PARAM = "tuned"  # the study's declaration in the config (a list), flattened to a param
+DEV_METRIC = "best_val_f1"
 
 
 def _natural(value: str) -> tuple:
     """Sort "s2" before "s10" and numbers numerically."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", value) if p)
+
+
+def _value_key(value: str) -> tuple:
+    """Order of tuned values: numbers numerically (1e-3 < 1e-2 < 5e-2), then other strings naturally."""
+    try:
+        return (0, float(value), ())
+    except ValueError:
+        return (1, 0.0, _natural(value))
 
 
 def _ignored(key: str) -> bool:
@@ -48,12 +69,13 @@ def _ignored(key: str) -> bool:
 
 @dataclass
 class Config:
-    """One configuration and its runs (one per seed, in seed order)."""
+    """One candidate of a cell (its compared ``axes`` plus ``tuned`` values) and its runs, one per seed."""
 
     axes: dict[str, str]
     runs: list[RunRecord]
     group: str = ""
     strategy: str = ""
+    tuned: dict[str, str] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[str]:
@@ -75,19 +97,77 @@ class Config:
         vals = self.values(metric)
         return statistics.stdev(vals) if len(vals) > 1 else None
 
+    @property
+    def candidate(self) -> str:
+        """The tuned values, e.g. "optim.lr=0.001, freeze.lr_scale=10" ("—" when nothing is tuned)."""
+        return ", ".join(f"{k}={v}" for k, v in self.tuned.items()) or MISSING
+
+    def dev_seeds(self) -> list[str]:
+        return [r.seed for r in self.runs if DEV_METRIC in r.metrics]
+
     def per_type(self) -> list[str]:
         """Entity types (or tags) with per-type test F1 in any run."""
         return sorted({k[len(PER_TYPE_PREFIX):] for r in self.runs for k in r.metrics if k.startswith(PER_TYPE_PREFIX)})
 
 
 @dataclass
+class Cell:
+    """One compared cell: its candidates (one per tuned-value combination) and the one picked on dev."""
+
+    axes: dict[str, str]
+    group: str
+    strategy: str
+    candidates: list[Config]
+    pick: Config | None
+    reason: str = ""  # why there is no pick, or a note on it
+
+    @property
+    def label(self) -> str:
+        return f"{self.group} {self.strategy}".strip()
+
+    @property
+    def seeds(self) -> list[str]:
+        """Every seed any candidate ran, in natural order."""
+        return sorted({s for c in self.candidates for s in c.seeds}, key=_natural)
+
+
+def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str]:
+    """The candidate with the best mean dev F1 over seeds, and a note; never looks at test metrics.
+
+    Ties: fewer of the cell's seeds without a dev score, then the order of the tuned values (numbers
+    numerically, the smallest first).
+    A lone candidate is the pick even without a dev score (there is nothing to choose);
+    among several, candidates without any dev score cannot be picked.
+    """
+    if len(candidates) == 1:
+        only = candidates[0]
+        return only, "" if only.dev_seeds() else f"only candidate; no dev score ({DEV_METRIC})"
+    eligible = [c for c in candidates if c.dev_seeds()]
+    if not eligible:
+        return None, f"no candidate has a dev score ({DEV_METRIC} or a val_f1 history): nothing to select on"
+    seeds = {s for c in candidates for s in c.seeds}
+
+    def key(c: Config) -> tuple:
+        return (-(c.mean(DEV_METRIC) or 0.0), len(seeds - set(c.dev_seeds())),
+                tuple(_value_key(v) for v in c.tuned.values()))
+
+    return min(eligible, key=key), ""
+
+
+@dataclass
 class Grid:
-    """All configurations, which axes vary (table columns) and how strategies are named."""
+    """The picked candidate of every cell (``configs``), all cells, which axes vary and what was tuned."""
 
     configs: list[Config]
     shown_axes: list[str]
     strategy_axes: list[str]
     extra_axes: list[str] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+    tuned: list[str] = field(default_factory=list)
+    repeated: list[tuple[RunRecord, str]] = field(default_factory=list)  # a seed run twice in one candidate
+
+    def candidates(self) -> list[Config]:
+        return [c for cell in self.cells for c in cell.candidates]
 
     def groups(self) -> dict[str, list[Config]]:
         """Configurations per model (per model and dataset when datasets vary), in table order."""
@@ -97,11 +177,33 @@ class Grid:
         return out
 
     def best(self) -> dict[str, Config]:
-        """The configuration with the highest mean test F1 per group."""
+        """The pick with the highest mean test F1 per group (the outcome reported, not a selection)."""
         return {g: max(cs, key=lambda c: c.mean("test_f1") or -math.inf) for g, cs in self.groups().items()}
 
     def datasets(self) -> list[str]:
         return sorted({c.axes.get("dataset", MISSING) for c in self.configs}, key=_natural)
+
+
+def _declared(run: RunRecord) -> str:
+    """A run's tuned keys, comma-separated: the ``seqexp.tuned`` tag, else the ``tuned`` param (a list)."""
+    if TUNED_TAG in run.tags:
+        return run.tags[TUNED_TAG]
+    param = run.params.get(TUNED_PARAM, "")
+    try:
+        value = ast.literal_eval(param) if param.startswith("[") else param
+    except (ValueError, SyntaxError):
+        return param
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def tuned_keys(runs: Iterable[RunRecord], extra: Iterable[str] = ()) -> list[str]:
+    """Union of the runs' declared tuned keys and ``extra`` (e.g. ``--tuned``), in first-seen order."""
+    keys: dict[str, None] = {}
+    for source in [*(_declared(r) for r in runs), ",".join(extra)]:
+        for key in source.split(","):
+            if key.strip():
+                keys[key.strip()] = None
+    return list(keys)
 
 
 def extra_axes(runs: Sequence[RunRecord]) -> list[str]:
@@ -121,24 +223,49 @@ def _varying(runs: Iterable[RunRecord], axis: str) -> bool:
     return len({r.params.get(axis, MISSING) for r in runs}) > 1
 
 
-def group_configs(runs: Sequence[RunRecord]) -> Grid:
-    """Configurations of ``runs`` (which must all be complete, FINISHED runs)."""
-    extras = extra_axes(runs)
+def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
+    """Cells, candidates and picks of ``runs`` (complete, FINISHED runs, one per fingerprint).
+
+    ``tuned`` adds tuned keys to those of the runs' ``seqexp.tuned`` tags. A seed that appears twice in
+    one candidate (fingerprints that differ only in a location) counts once: the earliest run stays,
+    the others go to ``Grid.repeated`` with the reason.
+    """
+    tuned_all = tuned_keys(runs, tuned)
+    tuned_set = set(tuned_all)
+    extras = [k for k in extra_axes(runs) if k not in tuned_set]
+    tuned_present = [k for k in tuned_all if any(k in r.params for r in runs)]
     axes_order = [*BASE_AXES, *extras]
     shown = [a for a in axes_order if a in ALWAYS_SHOWN or _varying(runs, a)]
     strategy_axes = [a for a in shown if a in STRATEGY_AXES or a in extras]
     multi_dataset = _varying(runs, "dataset")
-    by_key: dict[tuple, list[RunRecord]] = {}
+    by_cell: dict[tuple, dict[tuple, list[RunRecord]]] = {}
     for r in runs:
-        by_key.setdefault(tuple(r.params.get(a, MISSING) for a in axes_order), []).append(r)
-    configs = []
-    for key in sorted(by_key, key=lambda k: tuple(_natural(v) for v in k)):
+        cell = tuple(r.params.get(a, MISSING) for a in axes_order)
+        cand = tuple(r.params.get(k, MISSING) for k in tuned_present)
+        by_cell.setdefault(cell, {}).setdefault(cand, []).append(r)
+    cells, repeated = [], []
+    for key in sorted(by_cell, key=lambda k: tuple(_natural(v) for v in k)):
         axes = dict(zip(axes_order, key))
-        members = sorted(by_key[key], key=lambda r: _natural(r.seed))
         group = axes["model"] + (f" on {axes['dataset']}" if multi_dataset else "")
         parts = [axes[a] if a in BASE_AXES else f"{a}={axes[a]}" for a in strategy_axes]
-        configs.append(Config(axes, members, group, "+".join(parts)))
-    return Grid(configs, shown, strategy_axes, extras)
+        strategy = "+".join(parts)
+        candidates = []
+        for cand in sorted(by_cell[key], key=lambda k: tuple(_value_key(v) for v in k)):
+            members = []
+            first: dict[str, RunRecord] = {}
+            for r in sorted(by_cell[key][cand], key=lambda r: (r.start_time, r.run_id)):
+                if r.seed in first:  # same cell, candidate and seed (fingerprints differ in a location only)
+                    why = f"seed {r.seed} of this configuration again: duplicate of {first[r.seed].run_id}"
+                    repeated.append((r, why))
+                else:
+                    first[r.seed] = r
+                    members.append(r)
+            members.sort(key=lambda r: _natural(r.seed))
+            candidates.append(Config(axes, members, group, strategy, dict(zip(tuned_present, cand))))
+        pick, reason = pick_candidate(candidates)
+        cells.append(Cell(axes, group, strategy, candidates, pick, reason))
+    picks = [c.pick for c in cells if c.pick is not None]
+    return Grid(picks, shown, strategy_axes, extras, cells, tuned_present, repeated)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -150,3 +277,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+def expected_max(values: Sequence[float], n: int) -> float:
+    """Expected best of ``n`` draws with replacement from ``values`` (Dodge et al. 2019, "Show Your Work").
+
+    With the empirical CDF of the N values sorted as v(1) ≤ … ≤ v(N),
+    ``E[max] = Σ_i v(i) · ((i/N)^n − ((i−1)/N)^n)``: n = 1 gives the mean, large n the maximum.
+    """
+    if not values or n < 1:
+        raise ValueError("expected_max needs at least one value and n ≥ 1")
+    v = sorted(values)
+    total = len(v)
+    return sum(x * ((i / total) ** n - ((i - 1) / total) ** n) for i, x in enumerate(v, start=1))

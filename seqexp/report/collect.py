@@ -5,10 +5,15 @@ A target is a sweep id (the ``seqexp.sweep_id`` tag that every job of one
 runs with test metrics enter the tables; everything else is kept aside so the
 report can say what was left out and why. Parent (sweep) runs hold no metrics
 of their own and are kept for provenance only.
+
+Two FINISHED runs with the same ``seqexp.fingerprint`` tag are one
+configuration AND seed run twice, never two seeds: the EARLIEST (start time,
+then run id) is kept and each later one is excluded as "duplicate of <run id>".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -21,6 +26,7 @@ from urllib.request import url2pathname
 SWEEP_TAG = "seqexp.sweep_id"
 ROLE_TAG = "seqexp.role"
 PARENT_TAG = "mlflow.parentRunId"
+FINGERPRINT_TAG = "seqexp.fingerprint"
 REQUIRED_METRIC = "test_f1"
 PREDICTIONS = "test_predictions.conll"
 _PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -43,6 +49,7 @@ class RunRecord:
     tags: dict[str, str]
     start_time: int = 0
     artifact_uri: str = ""
+    derived: tuple[str, ...] = ()  # metrics the report derived (older runs), not read from MLflow
 
     @property
     def seed(self) -> str:
@@ -151,14 +158,49 @@ def _known_targets(client, experiments) -> str:
 
 def _split(records: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[RunRecord, str]]]:
     finished, excluded = [], []
-    for r in sorted(records, key=lambda r: (r.start_time, r.name)):
+    first_of: dict[str, RunRecord] = {}
+    for r in sorted(records, key=lambda r: (r.start_time, r.run_id)):
+        fp = r.tags.get(FINGERPRINT_TAG)
         if r.status != "FINISHED":
             excluded.append((r, r.status + (f": {r.error}" if r.error else "")))
         elif REQUIRED_METRIC not in r.metrics:
             excluded.append((r, f"FINISHED without {REQUIRED_METRIC}"))
+        elif fp and fp in first_of:
+            excluded.append((r, f"duplicate of {first_of[fp].run_id} (same {FINGERPRINT_TAG}: same config and seed)"))
         else:
+            if fp:
+                first_of[fp] = r
             finished.append(r)
     return finished, excluded
+
+
+def with_fallbacks(run: RunRecord, history: list[tuple[int, float]]) -> RunRecord:
+    """``run`` with the selection and budget metrics older runs lack, derived from their dev history.
+
+    ``best_val_f1``/``best_epoch``: the maximum of the per-epoch ``val_f1`` (first
+    epoch reaching it; steps are 0-based epochs); ``epochs_run``: the last epoch
+    with a dev score when dev ran every epoch; ``max_epochs``: the param ``trainer.max_epochs``. Derived names are listed in ``derived``; test metrics are never used.
+    """
+    metrics, derived = dict(run.metrics), []
+    if "best_val_f1" not in metrics and history:
+        step, value = max(history, key=lambda sv: (sv[1], -sv[0]))
+        metrics["best_val_f1"] = value
+        derived.append("best_val_f1")
+        if "best_epoch" not in metrics:
+            metrics["best_epoch"] = float(step + 1)
+            derived.append("best_epoch")
+    if "epochs_run" not in metrics and history and run.params.get("trainer.val_every_n_epochs", "1") == "1":
+        metrics["epochs_run"] = float(max(step for step, _ in history) + 1)  # dev ran after every epoch
+        derived.append("epochs_run")
+    if "max_epochs" not in metrics:
+        try:
+            metrics["max_epochs"] = float(run.params["trainer.max_epochs"])
+            derived.append("max_epochs")
+        except (KeyError, ValueError):
+            pass
+    if not derived:
+        return run
+    return dataclasses.replace(run, metrics=metrics, derived=(*run.derived, *derived))
 
 
 def select_runs(client, uri: str, target: str) -> Selection:

@@ -2,7 +2,11 @@
 
 * learning curves: mean validation F1 per epoch, one line per configuration;
 * grouped bars: mean test F1 ± std per model, one bar per strategy;
-* cost/quality: mean test F1 against mean train time, Pareto frontier drawn.
+* cost/quality: mean test F1 against mean train time, Pareto frontier drawn;
+* expected validation performance (Dodge et al. 2019): expected best dev F1 of
+  each cell against the number of candidates tried.
+
+Error bars are drawn only where there are at least two seeds: one seed has no spread to show.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from seqexp.report.aggregate import Config, pareto_front  # noqa: E402
+from seqexp.report.aggregate import DEV_METRIC, Cell, Config, expected_max, pareto_front  # noqa: E402
 
 DPI = 110
 
@@ -59,13 +63,16 @@ def learning_curves(configs: Sequence[Config], histories: Mapping[str, list[tupl
     return _save(fig, path)
 
 
-def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
-    """Grouped bars: x = model, one bar per strategy, error bar = std over seeds."""
+Series = tuple[str, list[float], list[float], list[float | None]]
+
+
+def bar_series(groups: Mapping[str, Sequence[Config]]) -> list[Series]:
+    """Per strategy: bar x positions, mean test F1 ×100 and std ×100 (None with a single seed: no error bar)."""
     strategies = list(dict.fromkeys(c.strategy for cs in groups.values() for c in cs))
     names = list(groups)
     width = 0.8 / max(1, len(strategies))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.5 * len(names) * max(1, len(strategies))), 4.8))
-    for j, (strategy, color) in enumerate(zip(strategies, _colors(len(strategies)))):
+    out = []
+    for j, strategy in enumerate(strategies):
         xs, ys, errs = [], [], []
         for i, name in enumerate(names):
             config = next((c for c in groups[name] if c.strategy == strategy), None)
@@ -73,10 +80,26 @@ def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
                 continue
             xs.append(i - 0.4 + width * (j + 0.5))
             ys.append(100 * (config.mean("test_f1") or 0.0))
-            errs.append(100 * (config.std("test_f1") or 0.0))
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, color=color, label=strategy or "(single strategy)")
+            std = config.std("test_f1")
+            errs.append(None if std is None else 100 * std)
+        out.append((strategy, xs, ys, errs))
+    return out
+
+
+def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
+    """Grouped bars: x = model, one bar per strategy, error bar = std over seeds (none for a single seed)."""
+    series = bar_series(groups)
+    names = list(groups)
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.5 * len(names) * max(1, len(series))), 4.8))
+    for (strategy, xs, ys, errs), color in zip(series, _colors(len(series))):
+        ax.bar(xs, ys, width, color=color, label=strategy or "(single strategy)")
+        with_err = [(x, y, e) for x, y, e in zip(xs, ys, errs) if e is not None]
+        if with_err:
+            ax.errorbar([x for x, _, _ in with_err], [y for _, y, _ in with_err], yerr=[e for _, _, e in with_err],
+                        fmt="none", ecolor="black", capsize=3, elinewidth=1)
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("test F1 ×100 (mean ± std over seeds)")
+    ax.set_ylabel("test F1 ×100 (mean over seeds; ± std with ≥2 seeds)")
     ax.set_title("Test F1 per model and strategy")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
@@ -110,4 +133,28 @@ def cost_quality(configs: Sequence[Config], path: Path) -> Path:
         ax.legend(fontsize=8, loc="lower right")
     else:
         ax.text(0.5, 0.5, "no train_time_s logged", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def expected_validation(cells: Sequence[Cell], path: Path) -> Path:
+    """Expected best dev F1 of each cell against n candidates tried (sampling its candidates with replacement)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    curves = [(cell, [c.mean(DEV_METRIC) for c in cell.candidates if c.mean(DEV_METRIC) is not None])
+              for cell in cells]
+    curves = [(cell, vals) for cell, vals in curves if vals]
+    top = max((len(v) for _, v in curves), default=1)
+    ns = list(range(1, max(top, 2) + 1))
+    for (cell, vals), color in zip(curves, _colors(len(curves))):
+        ys = [100 * expected_max(vals, n) for n in ns]
+        ax.plot(ns, ys, color=color, label=f"{cell.label} ({len(vals)} candidate{'s' if len(vals) != 1 else ''})")
+        ax.scatter([len(vals)], [ys[len(vals) - 1]], color=color, zorder=3)
+    ax.set_xlabel("candidates tried (n)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("expected best dev F1 ×100")
+    ax.set_title("Expected validation performance (dot: candidates actually tried)")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no dev scores", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)

@@ -1,8 +1,11 @@
-"""The report's sections as render blocks: verdict, tables, figures, significance, exclusions, provenance.
+"""The report's sections as render blocks: verdict, tables, selection, figures, significance, provenance.
 
 Every table number is an MLflow metric of the listed runs, ×100, mean (± sample
 std) over seeds, two decimals: nothing is recomputed for the tables, so a
-reader can check any cell against the MLflow UI.
+reader can check any cell against the MLflow UI. The exception is older runs
+without ``best_val_f1``/``best_epoch``/``max_epochs``: those are derived from
+the ``val_f1`` history (or the ``trainer.max_epochs`` param) and the report
+says so under Provenance.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqexp.report.aggregate import Config, Grid, pareto_front
+from seqexp.report.aggregate import _IGNORED_EXACT, DEV_METRIC, MISSING, Config, Grid, pareto_front
+from seqexp.report.aso import TAU
 from seqexp.report.render import Block, Bullets, Heading, Image, Para, Table
-from seqexp.report.significance import format_p, verdict
+from seqexp.report.significance import ALPHA, MIN_SEEDS, format_p
 from seqexp.report.verdict import score, verdict_paragraphs
 
 if TYPE_CHECKING:
@@ -21,6 +25,17 @@ if TYPE_CHECKING:
 METRIC_COLUMNS = (("accuracy", "test_accuracy"), ("precision", "test_precision"), ("recall", "test_recall"),
                   ("F1", "test_f1"))
 BEST = "★"
+PICK = "✔"
+VERDICT_RULE = (
+    f"Verdict rule: with at least {MIN_SEEDS} seeds shared by both strategies, a win is **significant** when ASO "
+    f"finds the winner almost stochastically dominant over seeds (ε_min < {TAU}) AND the Holm-adjusted "
+    f"paired-bootstrap p over test sentences is below {ALPHA}; otherwise it is **not significant**. With fewer "
+    f"than {MIN_SEEDS} shared seeds the seed-level test cannot run and the comparison is **inconclusive: N "
+    "seed(s)**, whatever the sentence bootstrap's p (shown all the same).")
+_HYPER_PREFIX = ("optim.", "scheduler.", "head.", "freeze.")
+_HYPER_SKIP_SUFFIX = (".name", ".strategy", "._target_", "._partial_", ".betas", ".eps")
+_HYPER_EXACT = {"trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.batch_size",
+                "trainer.accumulate_grad_batches", "dataset.max_train_sentences"}
 
 
 def plural(n: int, word: str) -> str:
@@ -46,18 +61,102 @@ def _time(c: Config) -> str:
     return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
 
+def _mean(c: Config, key: str, digits: int = 1) -> str:
+    mean = c.mean(key)
+    return "—" if mean is None else (f"{mean:.0f}" if digits == 0 else f"{mean:.{digits}f}")
+
+
 def main_table(grid: Grid) -> Table:
-    """Configurations × (accuracy, precision, recall, F1, seeds, trainable params, train time)."""
+    """One row per cell (its picked candidate): scores, seeds, cost and budget."""
     best = {id(c) for c in grid.best().values()}
-    header = [*grid.shown_axes, "seeds", *(name for name, _ in METRIC_COLUMNS), "trainable params", "train time (s)"]
+    tuned = ["picked " + ", ".join(grid.tuned)] if grid.tuned else []
+    header = [*grid.shown_axes, *tuned, "seeds", *(name for name, _ in METRIC_COLUMNS), "dev F1",
+              "trainable params", "train time (s)", "max epochs", "epochs run", "best epoch"]
     rows = []
     for c in grid.configs:
         cells = [score(c, key) for _, key in METRIC_COLUMNS]
         if id(c) in best:
             cells[-1] = f"**{cells[-1]}** {BEST}"
-        rows.append([*(c.axes[a] for a in grid.shown_axes), str(len(c.runs)), *cells, _params(c), _time(c)])
-    align = ["l"] * len(grid.shown_axes) + ["r"] * (len(header) - len(grid.shown_axes))
+        picked = [", ".join(c.tuned.values()) or MISSING] if grid.tuned else []
+        rows.append([*(c.axes[a] for a in grid.shown_axes), *picked, str(len(c.runs)), *cells,
+                     score(c, DEV_METRIC), _params(c), _time(c), _mean(c, "max_epochs", 0), _mean(c, "epochs_run"),
+                     _mean(c, "best_epoch")])
+    n_left = len(grid.shown_axes) + len(tuned)
+    align = ["l"] * n_left + ["r"] * (len(header) - n_left)
     return Table(header, rows, align)
+
+
+def _hyper(key: str) -> bool:
+    if key in _IGNORED_EXACT or key.endswith(_HYPER_SKIP_SUFFIX):
+        return False
+    if key.startswith(_HYPER_PREFIX) or key in _HYPER_EXACT:
+        return True
+    return key.startswith("trainer.") and any(w in key for w in ("stop", "patience", "min_delta", "monitor"))
+
+
+def selection_blocks(grid: Grid) -> list[Block]:
+    """What was tuned (selection table with every candidate's dev score) and what was fixed."""
+    blocks: list[Block] = []
+    if grid.tuned:
+        blocks.append(Para(
+            "Tuned hyperparameters (the runs' `seqexp.tuned` tag or `tuned` config, and `--tuned`): "
+            + ", ".join(f"`{k}`" for k in grid.tuned) + ". For each cell the candidate (combination of tuned "
+            "values) with the best **mean dev F1 over seeds** (`best_val_f1`, the dev F1 of each run's best "
+            "epoch) is picked; ties go to the candidate with fewer seeds missing a dev score, then to the first "
+            f"in sorted order. The test set takes no part: test scores are shown only for the picks ({PICK})."))
+        rows = []
+        for cell in grid.cells:
+            for c in cell.candidates:
+                n_dev = len(c.dev_seeds())
+                seeds = str(len(c.runs)) + ("" if n_dev == len(c.runs) else f" ({n_dev} with dev)")
+                note = PICK if c is cell.pick else (cell.reason if cell.pick is None else "")
+                rows.append([cell.group, cell.strategy, c.candidate, seeds, score(c, DEV_METRIC), note])
+        blocks.append(Table(["model", "strategy", "candidate", "seeds", "dev F1 (mean ± std)", "picked"], rows,
+                            ["l", "l", "l", "r", "r", "l"]))
+        for cell in grid.cells:
+            if cell.pick is not None and cell.reason:
+                blocks.append(Para(f"{cell.label}: {cell.reason}."))
+        dropped = [cell.label for cell in grid.cells if cell.pick is None]
+        if dropped:
+            blocks.append(Para("Left out of every table and figure (no candidate could be picked on dev): "
+                               + ", ".join(dropped) + "."))
+    else:
+        blocks.append(Para("Nothing was tuned (no run declares tuned keys and no `--tuned` was given): "
+                           "each cell has one candidate, and it is the one reported."))
+    keys = sorted({k for c in grid.configs for r in c.runs for k in r.params if _hyper(k)}
+                  - set(grid.tuned) - set(grid.extra_axes))
+    same, varying = [], []
+    for k in keys:
+        values = {r.params.get(k, MISSING) for c in grid.configs for r in c.runs}
+        (same if len(values) == 1 else varying).append(k)
+    if same:
+        first = grid.configs[0].runs[0].params
+        blocks.append(Para("Fixed in every run: " + ", ".join(f"`{k}={first.get(k, MISSING)}`" for k in same) + "."))
+    if varying:
+        blocks.append(Para("Fixed per cell (not tuned; they come with the strategy or the study):"))
+        rows = [[c.group, c.strategy, *(" / ".join(sorted({r.params.get(k, MISSING) for r in c.runs}))
+                                        for k in varying)] for c in grid.configs]
+        blocks.append(Table(["model", "strategy", *varying], rows, ["l", "l"] + ["r"] * len(varying)))
+    return blocks
+
+
+def show_expected_validation(grid: Grid) -> bool:
+    """The expected-validation curve is shown whenever some cell tried at least 2 candidates with dev scores."""
+    return any(sum(1 for c in cell.candidates if c.dev_seeds()) >= 2 for cell in grid.cells)
+
+
+def expected_validation_blocks(grid: Grid, figure: Path | None) -> list[Block]:
+    if figure is None:
+        return [Para("Not shown: no cell tried more than one candidate.")]
+    counts = sorted({sum(1 for c in cell.candidates if c.dev_seeds()) for cell in grid.cells})
+    text = ("Expected best dev F1 after n candidates (Dodge et al. 2019, \"Show Your Work\"): the expected maximum "
+            "of n draws with replacement from the cell's candidates' mean dev F1, from their empirical "
+            "distribution (n = 1 is their mean; large n approaches the best). Shown whenever a cell has at least "
+            "2 candidates. ")
+    text += ("The cells tried different numbers of candidates (" + ", ".join(map(str, counts)) + "): compare them "
+             "at the same n to see how much of a gap is budget.") if len(counts) > 1 else \
+        f"Every cell tried {counts[0]} candidate{'s' if counts[0] != 1 else ''}."
+    return [Para(text), Image(figure, "Expected best dev F1 against the number of candidates tried, per cell")]
 
 
 def per_type_tables(grid: Grid) -> list[Block]:
@@ -107,28 +206,37 @@ def pareto_text(grid: Grid) -> str:
 
 def significance_blocks(data: "ReportData") -> list[Block]:
     if data.resamples <= 0:
-        return [Para("Not tested (`--bootstrap 0`).")]
+        return [Para("Not tested (`--bootstrap 0`)."), Para(VERDICT_RULE)]
     if not data.comparisons:
-        return [Para("Nothing to compare: every model has a single strategy.")]
+        return [Para("Nothing to compare: every model has a single strategy."), Para(VERDICT_RULE)]
     intro = Para(
-        f"Paired bootstrap over test sentences ({data.resamples} resamples, seed {data.seed}): each resample "
-        "recomputes every run's corpus-level score from its saved `test_predictions.conll` (entity-level F1 "
-        "with seqeval's entities for NER/chunking, word accuracy for POS), averages over the seeds BOTH "
-        "strategies ran, and takes the difference; p is two-sided. A win counts as significant only with "
-        "p < 0.05 and at least 3 shared seeds.")
+        "Two tests per pair of strategies of one model, on the seeds BOTH ran. (1) Seeds are the unit of "
+        "evidence: Almost Stochastic Order (ASO; Dror et al. 2019, with the ε_min of del Barrio et al. 2018 as "
+        f"in Ulmer et al. 2022) on the per-seed test scores, {data.resamples} bootstrap resamples, seed "
+        f"{data.seed}; ε_min < {TAU} means the winner almost stochastically dominates. Its confidence level is "
+        f"Bonferroni-adjusted: 1 − {ALPHA}/k with k the number of pairs in the model's table. (2) Paired "
+        f"bootstrap over test sentences ({data.resamples} resamples, seed {data.seed}): each resample recomputes "
+        "every run's corpus-level score from its saved `test_predictions.conll` (entity-level F1 with "
+        "seqeval's entities for NER/chunking, word accuracy for POS), averages over the shared seeds and takes "
+        "the difference; p is two-sided, then Holm–Bonferroni-adjusted over the pairs of the model's table.")
     sentences = Bullets([c.sentence for c in data.comparisons])
     rows = []
     for c in data.comparisons:
         r = c.result
         if r is None:
-            rows.append([c.group, c.a.strategy, c.b.strategy, "—", "—", "—", "—", "—", f"not tested — {c.reason}"])
+            rows.append([c.group, c.a.strategy, c.b.strategy, "—", "—", "—", "—", "—", "—", "—", c.word])
             continue
+        p_holm = c.p_holm if c.p_holm is not None else r.p_value
         rows.append([c.group, c.a.strategy, c.b.strategy, c.metric, f"{100 * r.delta:+.2f}",
-                     f"[{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}]", format_p(r.p_value).removeprefix("p=").removeprefix("p"),
-                     str(r.n_seeds), verdict(r)])
-    table = Table(["model", "A", "B", "metric", "Δ A−B ×100", "95% interval", "p", "shared seeds", "verdict"],
-                  rows, ["l", "l", "l", "l", "r", "r", "r", "r", "l"])
-    return [intro, sentences, table]
+                     f"[{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}]", _p(r.p_value), _p(p_holm),
+                     "—" if c.aso is None else f"{c.aso.eps_min:.2f}", str(r.n_seeds), c.word])
+    table = Table(["model", "A", "B", "metric", "Δ A−B ×100", "95% interval", "p", "Holm p", "ε_min",
+                   "shared seeds", "verdict"], rows, ["l", "l", "l", "l", "r", "r", "r", "r", "r", "r", "l"])
+    return [intro, Para("The verdict column follows the rule stated under Verdict."), sentences, table]
+
+
+def _p(p: float) -> str:
+    return format_p(p).removeprefix("p=").removeprefix("p")
 
 
 def excluded_blocks(data: "ReportData") -> list[Block]:
@@ -136,9 +244,13 @@ def excluded_blocks(data: "ReportData") -> list[Block]:
     if not sel.excluded:
         return [Para("None: every run finished with test metrics.")]
     rows = [[f"`{r.run_id}`", r.name, reason[:300]] for r, reason in sel.excluded]
-    return [Para(f"{plural(len(sel.excluded), 'run')} {'is' if len(sel.excluded) == 1 else 'are'} "
-                 "in no table or figure:"),
-            Table(["run id", "run name", "status / reason"], rows)]
+    blocks: list[Block] = [Para(f"{plural(len(sel.excluded), 'run')} {'is' if len(sel.excluded) == 1 else 'are'} "
+                                "in no table or figure:"),
+                           Table(["run id", "run name", "status / reason"], rows)]
+    if any("duplicate of" in reason for _, reason in sel.excluded):
+        blocks.append(Para("A configuration and seed that FINISHED more than once (same `seqexp.fingerprint`, or "
+                           "the same cell, candidate and seed) counts once: the earliest run is kept."))
+    return blocks
 
 
 def provenance_blocks(data: "ReportData") -> list[Block]:
@@ -155,15 +267,31 @@ def provenance_blocks(data: "ReportData") -> list[Block]:
                      + (f", overrides `{p.tags['overrides']}`" if p.tags.get("overrides") else ""))
     items.append("Git commit(s): " + ", ".join(f"`{c}` ({n} run{'s' if n != 1 else ''})" for c, n in commits.items())
                  + (" — **runs come from different commits**" if len(commits) > 1 else ""))
-    items.append(f"Significance: paired bootstrap, {data.resamples} resamples, seed {data.seed}")
+    items.append(f"Significance: ASO over seeds and paired bootstrap over test sentences, {data.resamples} "
+                 f"resamples each, seed {data.seed}")
+    derived: dict[str, int] = {}
+    for r in sel.finished:
+        for key in r.derived:
+            derived[key] = derived.get(key, 0) + 1
+    if derived:
+        items.append("Derived for older runs that did not log them: " + ", ".join(
+            f"`{k}` ({n} run{'s' if n != 1 else ''}; " + ("from `trainer.max_epochs`" if k == "max_epochs"
+                                                          else "from the `val_f1` history") + ")"
+            for k, n in derived.items()))
     items.append(f"Generated {data.generated}")
     rows = []
-    for c in data.grid.configs:
-        for r in c.runs:
-            rows.append([f"`{r.run_id}`", r.name, c.label, r.seed, f"{100 * r.metrics['test_f1']:.2f}", r.commit[:10]])
-    return [Bullets(items), Para(f"Every number above was built from {'this run' if len(rows) == 1 else f'these {len(rows)} runs'}:"),
-            Table(["run id", "run name", "configuration", "seed", "test F1", "commit"], rows,
-                  ["l", "l", "l", "r", "r", "l"])]
+    for cell in data.grid.cells:
+        for c in cell.candidates:
+            picked = c is cell.pick
+            for r in c.runs:
+                dev = r.metrics.get(DEV_METRIC)
+                rows.append([f"`{r.run_id}`", r.name, cell.label, c.candidate, r.seed,
+                             "—" if dev is None else f"{100 * dev:.2f}",
+                             f"{100 * r.metrics['test_f1']:.2f}" if picked else "— (not picked)", r.commit[:10]])
+    which = "this run" if len(rows) == 1 else f"these {len(rows)} runs"
+    return [Bullets(items), Para(f"Every number above was built from {which} (test F1 only for the picked candidates):"),
+            Table(["run id", "run name", "cell", "candidate", "seed", "dev F1", "test F1", "commit"], rows,
+                  ["l", "l", "l", "l", "r", "r", "r", "l"])]
 
 
 def document(data: "ReportData", figures: dict[str, Path]) -> list[Block]:
@@ -171,30 +299,41 @@ def document(data: "ReportData", figures: dict[str, Path]) -> list[Block]:
     sel, grid = data.selection, data.grid
     what = f"sweep `{sel.target}`" if sel.kind == "sweep" else f"experiment `{sel.target}`"
     n_seeds = sorted({len(c.runs) for c in grid.configs})
+    n_cands = len(grid.candidates())
     blocks: list[Block] = [
         Heading(f"seqexp report: {sel.target}", 1),
-        Para(f"{plural(len(sel.finished), 'finished run')} of {what} in {plural(len(grid.configs), 'configuration')} "
-             f"({'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'} each); "
+        Para(f"{plural(len(sel.finished), 'finished run')} of {what} in {plural(len(grid.cells), 'cell')} "
+             + (f"({plural(n_cands, 'candidate')} in all; reported: the pick of each, " if n_cands > len(grid.cells)
+                else "(")
+             + f"{'/'.join(map(str, n_seeds))} seed{'' if n_seeds == [1] else 's'} each); "
              f"{plural(len(sel.excluded), 'run')} excluded."),
         Heading("Verdict"),
         *(Para(p) for p in verdict_paragraphs(grid, data.comparisons, data.resamples > 0)),
-        Heading("1. Test scores per configuration"),
+        Para(VERDICT_RULE),
+        Heading("1. Test scores per cell"),
         Para("All scores ×100 with two decimals: mean ± sample standard deviation (n − 1) over seeds of the "
-             "MLflow metrics `test_accuracy`, `test_precision`, `test_recall`, `test_f1` (no ± with one seed). "
+             "MLflow metrics `test_accuracy`, `test_precision`, `test_recall`, `test_f1` (no ± with one seed), "
+             "for the candidate picked on dev in each cell (section 2). "
              "F1 is seqeval's entity-level micro F1 for NER/chunking and the macro F1 over tags for POS. "
-             f"{BEST} and bold: the best mean F1 of each model. Train time in seconds."),
+             f"{BEST} and bold: the best mean test F1 of each model. Dev F1: `best_val_f1`, the dev F1 of the "
+             "epoch whose weights were tested. Budget: `max_epochs` (epochs allowed), mean `epochs_run` (early "
+             "stopping may end sooner) and mean `best_epoch` (1-based); train time in seconds."),
         main_table(grid),
-        Heading("2. Per-type test F1"),
+        Heading("2. Selection on dev: what was tuned, what was fixed"),
+        *selection_blocks(grid),
+        Heading("3. Expected validation performance"),
+        *expected_validation_blocks(grid, figures.get("expected")),
+        Heading("4. Per-type test F1"),
         Para("Mean over seeds of `test_f1_<TYPE>`, ×100."),
         *per_type_tables(grid),
-        Heading("3. Validation learning curves"),
-        Image(figures["curves"], "Validation F1 per epoch, mean over seeds, one line per configuration"),
-        Heading("4. Test F1 per model and strategy"),
-        Image(figures["bars"], "Test F1 ×100, mean over seeds, error bars = std over seeds"),
-        Heading("5. Cost against quality"),
+        Heading("5. Validation learning curves"),
+        Image(figures["curves"], "Validation F1 per epoch, mean over seeds, one line per cell (its pick)"),
+        Heading("6. Test F1 per model and strategy"),
+        Image(figures["bars"], "Test F1 ×100, mean over seeds; error bars = std over seeds, only with ≥2 seeds"),
+        Heading("7. Cost against quality"),
         Image(figures["cost"], "Test F1 against train time, Pareto frontier dashed"),
         Para(pareto_text(grid)),
-        Heading("6. Significance"),
+        Heading("8. Significance"),
         *significance_blocks(data),
         Heading("Excluded runs"),
         *excluded_blocks(data),

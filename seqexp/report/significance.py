@@ -14,6 +14,10 @@ and gold entities per sentence once turns every resample into a weighted sum,
 and all resamples together into one matrix product. Accuracy fits the same
 formula with ``hit = correct words`` and ``pred = gold = words``, so POS needs
 no special case in the bootstrap itself.
+
+The verdict on a comparison combines it with ASO over seeds
+(:mod:`seqexp.report.aso`) in :func:`verdict_word`, after Holm's correction of
+the bootstrap p-values within a table (:func:`holm`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from seqexp.report.aso import TAU
 
 MIN_SEEDS = 3
 ALPHA = 0.05
@@ -67,11 +73,6 @@ class BootstrapResult:
     ci_high: float
     n_seeds: int
     resamples: int
-
-    @property
-    def significant(self) -> bool:
-        """A win counts only with p < 0.05 AND at least 3 shared seeds."""
-        return self.p_value < ALPHA and self.n_seeds >= MIN_SEEDS and self.delta != 0.0
 
 
 def read_conll(text: str) -> tuple[list[list[str]], list[list[str]]]:
@@ -206,25 +207,35 @@ def format_p(p: float) -> str:
     return f"p={p:.2f}"
 
 
-def verdict(result: BootstrapResult) -> str:
-    """"significant" or "not significant — <why>" for one comparison."""
-    if result.significant:
-        return "significant"
-    reasons = []
-    if result.delta == 0.0:
-        reasons.append("no difference")
-    elif result.p_value >= ALPHA:
-        reasons.append("p ≥ 0.05")
-    if result.n_seeds < MIN_SEEDS:
-        reasons.append(f"fewer than {MIN_SEEDS} seeds")
-    return "not significant — " + " and ".join(reasons)
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order (step-down: k·p(1), (k−1)·p(2), …, monotone)."""
+    k = len(p_values)
+    order = sorted(range(k), key=lambda i: p_values[i])
+    adjusted = [0.0] * k
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (k - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
-def describe(group: str, name_a: str, name_b: str, result: BootstrapResult, metric: str = "F1") -> str:
-    """One sentence, winner first, e.g. "On minilm, unfreeze+adam beats last+adam by 12.3 F1 (p=0.001, 3 seeds): significant."."""
-    seeds = f"{result.n_seeds} seed{'s' if result.n_seeds != 1 else ''}"
-    stats = f"({format_p(result.p_value)}, {seeds})"
-    if result.delta == 0.0:
-        return f"On {group}, {name_a} and {name_b} tie on {metric} {stats}: {verdict(result)}."
-    win, lose = (name_a, name_b) if result.delta > 0 else (name_b, name_a)
-    return f"On {group}, {win} beats {lose} by {abs(result.delta) * 100:.1f} {metric} {stats}: {verdict(result)}."
+SIGNIFICANT = "significant"
+NOT_SIGNIFICANT = "not significant"
+
+
+def inconclusive(n_seeds: int) -> str:
+    return f"inconclusive: {n_seeds} seed{'' if n_seeds == 1 else 's'}"
+
+
+def verdict_word(n_seeds: int, eps_min: float | None, p_holm: float, delta: float) -> str:
+    """The one verdict word of a comparison (the rule the report states).
+
+    With fewer than 3 shared seeds the seed-level test cannot run: "inconclusive: N seed(s)",
+    whatever the sentence bootstrap says. Otherwise the win is "significant" when ASO's
+    ε_min < 0.2 AND the Holm-adjusted bootstrap p < 0.05, else "not significant".
+    """
+    if n_seeds < MIN_SEEDS or eps_min is None:
+        return inconclusive(n_seeds)
+    if delta != 0.0 and eps_min < TAU and p_holm < ALPHA:
+        return SIGNIFICANT
+    return NOT_SIGNIFICANT

@@ -1,9 +1,13 @@
-"""The plain-words verdict: per model, which strategy wins and whether the win is significant.
+"""The plain-words verdict: per model, one sentence — which strategy, by how much, how sure, at what cost.
 
-The winner is the strategy with the best mean test F1 (the ★ of the main
-table). Its win is called significant only if it beats EVERY other strategy of
-that model with p < 0.05 on at least 3 shared seeds; otherwise the verdict
-names each comparison that falls short and why.
+The leader of a model is its cell whose picked candidate (chosen on dev, see
+:mod:`seqexp.report.aggregate`) has the best mean test F1 (the ★ of the main
+table); the sentence compares it with the runner-up, e.g. "On **minilm**,
+**unfreeze+adam** beats last+adam by 3.1 test F1 (91.20 vs 88.10; ε_min 0.00,
+Holm p<0.001, 3 seeds: significant), at 12× the train time and 100% vs 0.014%
+of the parameters trained." With more than two strategies, a second sentence
+gives the verdict word against each of the others. The verdict words are those
+of :func:`seqexp.report.significance.verdict_word`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from collections import Counter
 
 from seqexp.report.aggregate import Config, Grid
 from seqexp.report.compare import Comparison
-from seqexp.report.significance import MIN_SEEDS, format_p, verdict
 
 
 def score(config: Config, metric: str = "test_f1") -> str:
@@ -27,41 +30,67 @@ def _seeds(n: int) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
-def _lead(comp: Comparison, best: Config) -> str:
-    """The winner's lead over the other strategy of ``comp``, e.g. "last+adam by 4.3 F1 (p=0.001, 3 seeds)"."""
-    other = comp.b if comp.a is best else comp.a
+def _share(config: Config) -> str | None:
+    trainable, total = config.mean("trainable_params"), config.mean("total_params")
+    if trainable is None or not total:
+        return None
+    pct = 100 * trainable / total
+    return f"{pct:.0f}%" if pct >= 1 else f"{pct:.2g}%"
+
+
+def cost(best: Config, other: Config) -> str:
+    """"at 12× the train time and 100% vs 0.014% of the parameters trained" (parts without data left out)."""
+    t_best, t_other = best.mean("train_time_s"), other.mean("train_time_s")
+    time = None
+    if t_best and t_other:
+        ratio = t_best / t_other
+        time = ("about the same train time" if 0.95 <= ratio <= 1.05
+                else f"{ratio:.0f}× the train time" if ratio >= 10 else f"{ratio:.2g}× the train time")
+    s_best, s_other = _share(best), _share(other)
+    params = f"{s_best} vs {s_other} of the parameters trained" if s_best and s_other else None
+    if time:
+        return "at " + time + (f" and {params}" if params else "")
+    return params or ""
+
+
+def _how_sure(comp: Comparison | None, tested: bool) -> str:
+    if not tested:
+        return "significance not tested: --bootstrap 0"
+    if comp is None:
+        return "not compared"
     if comp.result is None:
-        return f"{other.strategy}: not tested — {comp.reason}"
-    r = comp.result
-    delta = r.delta if comp.a is best else -r.delta
-    stats = f"({format_p(r.p_value)}, {_seeds(r.n_seeds)})"
-    if delta > 0:
-        text = f"{other.strategy} by {100 * delta:.1f} {comp.metric} {stats}"
-    elif delta == 0:
-        text = f"{other.strategy}: a tie on the shared seeds {stats}"
-    else:
-        text = f"{other.strategy}: behind it by {100 * -delta:.1f} {comp.metric} on the shared seeds {stats}"
-    return text if r.significant and delta > 0 else f"{text} — {verdict(r).removeprefix('not significant — ')}"
+        return comp.word
+    return f"{comp.stats()}: {comp.word}"
+
+
+def _find(comparisons: list[Comparison], a: Config, b: Config) -> Comparison | None:
+    return next((c for c in comparisons if c.involves(a) and c.involves(b)), None)
 
 
 def _group_verdict(group: str, configs: list[Config], best: Config, comparisons: list[Comparison],
                    tested: bool) -> str:
-    head = f"**{group}**: **{best.strategy or 'the only configuration'}** "
-    head += f"has the best test F1 ({score(best)}, {_seeds(len(best.runs))})."
     if len(configs) == 1:
-        return head + " Nothing to compare it with."
-    if not tested:
-        return head + " Significance was not tested (--bootstrap 0)."
-    mine = [c for c in comparisons if c.group == group and c.involves(best)]
-    wins = [c for c in mine if c.result is not None and c.result.significant and c.winner() is best]
-    if len(wins) == len(mine):
-        if len(mine) == 1:
-            return head + f" The win is **significant**: it beats {_lead(mine[0], best)}."
-        closest = min(wins, key=lambda c: abs(c.result.delta))  # type: ignore[union-attr]
-        return (head + f" The win is **significant**: it beats each of the {len(mine)} other strategies with "
-                f"p < 0.05 on at least {MIN_SEEDS} shared seeds; the closest is {_lead(closest, best)}.")
-    short = [_lead(c, best) for c in mine if c not in wins]
-    return head + " The win is **not significant** over " + "; over ".join(short) + "."
+        return (f"On **{group}**, only **{best.strategy or 'one configuration'}** ran (test F1 {score(best)}, "
+                f"{_seeds(len(best.runs))}): nothing to compare it with.")
+    ranked = sorted(configs, key=lambda c: -(c.mean("test_f1") or 0.0))
+    runner = ranked[1] if ranked[0] is best else ranked[0]
+    m_best, m_run = 100 * (best.mean("test_f1") or 0.0), 100 * (runner.mean("test_f1") or 0.0)
+    comp = _find(comparisons, best, runner)
+    how = _how_sure(comp, tested)
+    verb = "ties with" if m_best == m_run else "beats"
+    by = "" if m_best == m_run else f" by {m_best - m_run:.1f} test F1"
+    price = cost(best, runner)
+    text = (f"On **{group}**, **{best.strategy}** {verb} {runner.strategy}{by} ({m_best:.2f} vs {m_run:.2f}; "
+            f"{how}){', ' + price if price else ''}.")
+    others = [c for c in ranked if c is not best and c is not runner]
+    if others and tested:
+        parts = []
+        for other in others:
+            c = _find(comparisons, best, other)
+            parts.append(f"{other.strategy} ({100 * (other.mean('test_f1') or 0.0):.2f}; {_how_sure(c, tested)})")
+        whom = "the other strategy" if len(others) == 1 else f"the other {len(others)} strategies"
+        text += f" Against {whom}: " + "; ".join(parts) + "."
+    return text
 
 
 def verdict_paragraphs(grid: Grid, comparisons: list[Comparison], tested: bool) -> list[str]:

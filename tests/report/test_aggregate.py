@@ -42,7 +42,7 @@ def test_pareto_front():
     assert pareto_front(pts) == [0, 1, 4]
 
 
-def test_verdict_says_why_a_win_is_not_significant(tmp_path: Path):
+def test_verdict_calls_a_one_seed_win_inconclusive_whatever_its_p(tmp_path: Path):
     gold = read_tags(shared_corpus("conll2003") / "eng.testb", limit=300)
     files: dict[str, Path] = {}
     runs = []
@@ -60,7 +60,19 @@ def test_verdict_says_why_a_win_is_not_significant(tmp_path: Path):
     comps = compare_strategies(grid, lambda run, dst: files.get(run.run_id), resamples=300, seed=0)
     assert len(comps) == 3
     text = verdict_paragraphs(grid, comps, tested=True)[0]
-    assert text.startswith("**minilm**: **unfreeze+adam** has the best test F1")
-    assert "The win is **not significant** over last+adam by" in text
-    assert "1 seed) — fewer than 3 seeds" in text
-    assert "top_k+adam: not tested — test_predictions.conll missing for minilm|top_k|adam|s1" in text
+    assert text.startswith("On **minilm**, **unfreeze+adam** beats last+adam by ")
+    assert comps[0].result.p_value < 0.01  # the sentence bootstrap is sure ...
+    assert "Holm p=0.003, 1 seed, ASO needs ≥3: inconclusive: 1 seed)" in text  # ... the verdict is not
+    assert "significant" not in text
+    assert "Against the other strategy: top_k+adam (" in text
+    assert "not tested — test_predictions.conll missing for minilm|top_k|adam|s1" in text
+
+
+def test_bars_have_no_error_bar_from_a_single_seed():
+    from seqexp.report.plots import bar_series
+
+    grid = group_configs([record("a", "m", "last", "1", 0.5), record("b", "m", "unfreeze", "1", 0.7),
+                          record("c", "m", "unfreeze", "2", 0.9)])
+    series = {strategy: errs for strategy, _, _, errs in bar_series(grid.groups())}
+    assert series["last+adam"] == [None]
+    assert series["unfreeze+adam"][0] is not None and abs(series["unfreeze+adam"][0] - 14.142) < 0.01

@@ -177,7 +177,7 @@ def test_api_table_matches_store(store):
 
 
 def test_per_type_table(store, sweep_report):
-    rows = md_table(section(sweep_report.read_text(), "2. Per-type"))
+    rows = md_table(section(sweep_report.read_text(), "4. Per-type"))
     assert len(rows) == 4 and {"LOC", "MISC", "ORG", "PER"} <= set(rows[0])
     client = store["client"]
     for row in rows:
@@ -220,15 +220,20 @@ def test_failed_runs_are_excluded_and_listed(store, sweep_report):
 
 def test_significance_and_verdict_in_words(sweep_report):
     md = sweep_report.read_text()
-    sig = section(md, "6. Significance")
-    assert re.search(r"On minilm, unfreeze\+adam beats last\+adam by \d+\.\d F1 \(p[<=]0\.0\d+, 3 seeds\): "
-                     r"significant\.", sig), sig
-    assert re.search(r"On tiny-bert, last\+adam beats unfreeze\+adam by \d+\.\d F1 \(p[<=]0\.0\d+, 3 seeds\): "
-                     r"significant\.", sig), sig
+    sig = section(md, "8. Significance")
+    stats = r"\((\d+\.\d) vs (\d+\.\d); ε_min 0\.00, Holm p[<=]0\.0\d+, 3 seeds\)"
+    assert re.search(r"On minilm, unfreeze\+adam beats last\+adam by \d+\.\d F1 " + stats + ": significant\.", sig), sig
+    assert re.search(r"On tiny-bert, last\+adam beats unfreeze\+adam by \d+\.\d F1 " + stats + ": significant\.",
+                     sig), sig
+    assert "Holm–Bonferroni" in sig and "ε_min < 0.2" in sig and "Bonferroni-adjusted" in sig
     verdict = section(md, "Verdict")
-    assert "**minilm**: **unfreeze+adam** has the best test F1" in verdict
-    assert "**tiny-bert**: **last+adam** has the best test F1" in verdict
-    assert verdict.count("The win is **significant**") == 2
+    # One plain sentence per model: which, by how much, how sure, at what cost.
+    assert re.search(r"On \*\*minilm\*\*, \*\*unfreeze\+adam\*\* beats last\+adam by \d+\.\d test F1 "
+                     r"\(\d+\.\d\d vs \d+\.\d\d; ε_min 0\.00, Holm p[<=]0\.0\d+, 3 seeds: significant\), "
+                     r"at 3\.\d× the train time and 100% vs 0\.014% of the parameters trained\.", verdict), verdict
+    assert re.search(r"On \*\*tiny-bert\*\*, \*\*last\+adam\*\* beats unfreeze\+adam by \d+\.\d test F1 .*: "
+                     r"significant\), at 0\.3\d× the train time and 0\.014% vs 100%", verdict), verdict
+    assert "inconclusive" not in verdict.split("Verdict rule")[0]
     assert md.index("## Verdict") < md.index("## 1. Test scores")
 
 

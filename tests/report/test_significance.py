@@ -1,4 +1,7 @@
-"""The paired bootstrap on cases whose answer is known, built from real CoNLL-2003 test sentences."""
+"""The paired bootstrap, Holm's correction and the verdict words on cases whose answer is known.
+
+Predictions are built from real CoNLL-2003 test sentences.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
 from seqexp.metrics import evaluate
+from seqexp.report.aso import aso
 from seqexp.report.significance import (
     count_sentences,
-    describe,
+    holm,
     paired_bootstrap,
     read_conll,
     resample_weights,
-    verdict,
+    verdict_word,
 )
 from tests.conftest import shared_corpus
 
@@ -71,8 +75,15 @@ def test_identical_predictions_are_not_significant(test_gold):
     result = paired_bootstrap(runs, runs, resamples=500, seed=0)
     assert result.delta == 0.0
     assert result.p_value == pytest.approx(1.0)
-    assert not result.significant
-    assert verdict(result).startswith("not significant")
+    scores = [r.score() for r in runs]
+    eps = aso(scores, scores).eps_min
+    assert eps >= 0.2
+    assert verdict_word(result.n_seeds, eps, result.p_value, result.delta) == "not significant"
+
+
+def word_of(a, b, result, comparisons: int = 1) -> str:
+    eps = aso([r.score() for r in a], [r.score() for r in b], comparisons=comparisons).eps_min
+    return verdict_word(result.n_seeds, eps, result.p_value, result.delta)
 
 
 def test_clear_win_over_three_seeds_is_significant(test_gold):
@@ -83,15 +94,12 @@ def test_clear_win_over_three_seeds_is_significant(test_gold):
     assert result.delta > 0.1
     assert result.p_value < 0.05
     assert result.ci_low > 0
-    assert result.significant
-    text = describe("minilm", "unfreeze+adam", "last+adam", result)
-    assert text.startswith(f"On minilm, unfreeze+adam beats last+adam by {100 * result.delta:.1f} F1 (p")
-    assert text.endswith("3 seeds): significant.")
-    # The order of the arguments flips the sign, not the verdict.
+    assert word_of(good, bad, result) == "significant"
+    # The order of the arguments flips the sign, not the p-value.
     flipped = paired_bootstrap(bad, good, resamples=1000, seed=0)
-    assert flipped.delta == pytest.approx(-result.delta) and flipped.significant
-    assert describe("minilm", "last+adam", "unfreeze+adam", flipped).startswith(
-        "On minilm, unfreeze+adam beats last+adam")
+    assert flipped.delta == pytest.approx(-result.delta) and flipped.p_value == result.p_value
+    # ASO asked the wrong way round (does the loser dominate?) refuses: ε_min = 1.
+    assert word_of(bad, good, flipped) == "not significant"
 
 
 def test_clear_win_with_one_seed_is_not_significant(test_gold):
@@ -99,10 +107,10 @@ def test_clear_win_with_one_seed_is_not_significant(test_gold):
     good = [count_sentences(gold, corrupt(gold, 0.05, seed=1), True)]
     bad = [count_sentences(gold, corrupt(gold, 0.30, seed=2), True)]
     result = paired_bootstrap(good, bad, resamples=1000, seed=0)
-    assert result.p_value < 0.05 and result.n_seeds == 1
-    assert not result.significant
-    assert describe("minilm", "unfreeze+adam", "last+adam", result).endswith(
-        "(p<0.001, 1 seed): not significant — fewer than 3 seeds.")
+    assert result.p_value < 0.001 and result.n_seeds == 1
+    # Even with p < 0.001 over sentences, one seed cannot say anything about seeds.
+    assert verdict_word(result.n_seeds, None, result.p_value, result.delta) == "inconclusive: 1 seed"
+    assert verdict_word(2, 0.0, result.p_value, result.delta) == "inconclusive: 2 seeds"
 
 
 def test_small_difference_is_not_significant(test_gold):
@@ -111,7 +119,22 @@ def test_small_difference_is_not_significant(test_gold):
     b = [count_sentences(gold, corrupt(gold, 0.10, seed=20 + s), True) for s in range(3)]
     result = paired_bootstrap(a, b, resamples=1000, seed=0)
     assert result.p_value >= 0.05, result
-    assert verdict(result) == "not significant — p ≥ 0.05"
+    assert word_of(a, b, result) == "not significant"
+
+
+def test_verdict_needs_both_aso_and_holm_p():
+    assert verdict_word(3, 0.1, 0.01, 0.02) == "significant"
+    assert verdict_word(3, 0.25, 0.01, 0.02) == "not significant"  # ASO does not find dominance
+    assert verdict_word(3, 0.1, 0.06, 0.02) == "not significant"  # the (Holm-adjusted) p is too large
+    assert verdict_word(3, 0.0, 0.0, 0.0) == "not significant"  # a tie is never a win
+
+
+def test_holm_on_a_known_case():
+    # Holm (1979): sorted p 0.01, 0.03, 0.04 with k = 3 -> 0.03, max(0.06, 0.03), max(0.04, 0.06).
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == [0.02]
+    assert holm([]) == []
 
 
 def test_different_test_sets_are_refused(test_gold):
