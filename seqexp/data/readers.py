@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqexp.data.schemes import first_bad_tag
 from seqexp.data.sentences import DataFormatError, Sentence
 
 __all__ = [
@@ -252,6 +253,17 @@ def _mixed_separator_check(
         )
 
 
+def _tag_check(path: Path, rows: Sequence[int], lines: list[str], tags: list[str], scheme: str | None) -> None:
+    """Reject a tag the declared scheme cannot parse (``B-``, ``X-PER``, ``b-per``), naming its line:
+    accepted, it would train a whole epoch and then break the first scoring."""
+    if scheme is None:
+        return
+    bad = first_bad_tag(tags, scheme)
+    if bad is not None:
+        k, problem = bad
+        raise DataFormatError(f"{path}:{rows[k] + 1}: {problem} (in {lines[rows[k]]!r}, `dataset.scheme`={scheme})")
+
+
 def read_conll(
     path: str | Path,
     *,
@@ -261,6 +273,7 @@ def read_conll(
     docstart: bool = True,
     token_prefix: str | None = None,
     encoding: str = "utf-8",
+    scheme: str | None = None,
 ) -> list[Sentence]:
     """Read a CoNLL column file: one token per line, blank lines between sentences.
 
@@ -269,16 +282,18 @@ def read_conll(
     With ``docstart``, lines whose first field is ``-DOCSTART-`` are skipped and
     end the sentence. ``token_prefix`` is a regex removed from the start of each
     word (WikiANN's ``en:``). Every token line must have as many columns as the first.
+    ``scheme`` (a :mod:`seqexp.data.schemes` name): every tag must parse in it.
     """
     if separator not in SEPARATORS:
         raise ValueError(f"unknown separator {separator!r}; choose one of {', '.join(SEPARATORS)}")
     path = Path(path)
     with _gc_paused():
-        return _read_conll(path, word_col, tag_col, separator, docstart, token_prefix, encoding)
+        return _read_conll(path, word_col, tag_col, separator, docstart, token_prefix, encoding, scheme)
 
 
 def _read_conll(
-    path: Path, word_col: int, tag_col: int, separator: str, docstart: bool, token_prefix: str | None, encoding: str
+    path: Path, word_col: int, tag_col: int, separator: str, docstart: bool, token_prefix: str | None, encoding: str,
+    scheme: str | None = None,
 ) -> list[Sentence]:
     text = read_text(path, encoding)
     lines = _split_lines(text)
@@ -330,15 +345,18 @@ def _read_conll(
     _empty_check(path, rows, lines, words, tags,
                  f" after removing `dataset.token_prefix`={token_prefix!r}" if token_prefix else "")
     _mixed_separator_check(path, rows, lines, words, tags, separator, "\t" in text)
+    _tag_check(path, rows, lines, tags, scheme)
     return _group(path, blank, rows, words, tags)
 
 
-def read_conllu(path: str | Path, *, tag_field: str = "upos", encoding: str = "utf-8") -> list[Sentence]:
+def read_conllu(
+    path: str | Path, *, tag_field: str = "upos", encoding: str = "utf-8", scheme: str | None = None
+) -> list[Sentence]:
     """Read a CoNLL-U file: 10 tab-separated fields, ``#`` comments, blank lines between sentences.
 
     Multiword-token ranges (``1-2``) and empty nodes (``1.1``) are skipped: the
     syntactic words listed after a range are the ones that carry tags.
-    ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5).
+    ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5); ``scheme`` as in :func:`read_conll`.
     """
     if tag_field not in UD_FIELDS:
         raise ValueError(f"unknown CoNLL-U tag field {tag_field!r}; choose one of {', '.join(UD_FIELDS)}")
@@ -371,4 +389,5 @@ def read_conllu(path: str | Path, *, tag_field: str = "upos", encoding: str = "u
     if not rows:
         raise DataFormatError(f"{path}:1: no sentences found (only comments or blank lines)")
     _empty_check(path, rows, lines, words, tags, names=("FORM", tag_field))
+    _tag_check(path, rows, lines, tags, scheme)
     return _group(path, blank, np.asarray(rows), words, tags)

@@ -334,3 +334,48 @@ def test_conllu_errors(tmp_path: Path) -> None:
     path = write(tmp_path, b"1\tM\xfcnchen\t_\tPROPN\t_\t_\t_\t_\t_\t_\n", "latin.conllu")
     with pytest.raises(DataFormatError, match=f"^{path}:1: byte"):
         read_conllu(path)
+
+
+# (tag on line 4, scheme, what the one-line error must say about it)
+MALFORMED_TAGS = [
+    ("B-", "IOB2", "tag 'B-' is not a IOB2 tag: its type is missing after 'B-'"),
+    ("I-", "IOB1", "tag 'I-' is not a IOB1 tag: its type is missing after 'I-'"),
+    ("-PER", "IOB2", "tag '-PER' is not a IOB2 tag: it has no prefix before the '-'"),
+    ("X-PER", "IOB2", "tag 'X-PER' is not a IOB2 tag: expected O or one of B, I followed by '-TYPE'"),
+    ("b-per", "IOB2", "prefixes are upper-case (did you mean 'B-per'?)"),
+    ("o", "IOB2", "prefixes are upper-case (did you mean 'O'?)"),
+    ("E-PER", "IOB2", "is `dataset.scheme` one of IOBES, BIOES, BMES?"),
+    ("NNP", "IOB2", "or for plain tags set `dataset.scheme=none`"),
+    ("S-", "IOBES", "tag 'S-' is not a IOBES tag: its type is missing after 'S-'"),
+    ("M-LOC", "IOBES", "is `dataset.scheme` one of BMES?"),
+]
+
+
+@pytest.mark.parametrize(("tag", "scheme", "says"), MALFORMED_TAGS, ids=[t for t, *_ in MALFORMED_TAGS])
+def test_malformed_chunk_tag_is_rejected_at_its_line(tmp_path: Path, tag: str, scheme: str, says: str) -> None:
+    """A tag the scheme cannot parse is an error naming file:line when read, not a crash at the first scoring."""
+    text = f"EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\nsays VBZ B-VP {tag}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(DataFormatError) as err:
+        read_conll(path, scheme=scheme)
+    message = str(err.value)
+    assert message.startswith(f"{path}:5: tag {tag!r} is not a {scheme} tag: "), message
+    assert says in message and f"'says VBZ B-VP {tag}'" in message and "\n" not in message
+    assert read_conll(path)[1].tags[-1] == tag  # without a scheme (plain tags) the tag is data
+
+
+def test_malformed_tag_in_conllu_names_its_line(tmp_path: Path) -> None:
+    text = "# sent_id = 1\n1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_\n1\tDo\tdo\tB-VP\t_\t_\t_\t_\t_\t_\n" \
+           "2\tn't\tnot\tI-VP\t_\t_\t_\t_\t_\t_\n3\tgo\tgo\tB-\t_\t_\t_\t_\t_\t_\n"
+    path = write(tmp_path, text, "x.conllu")
+    assert read_conllu(path)[0].tags == ("B-VP", "I-VP", "B-")
+    with pytest.raises(DataFormatError, match=f"^{path}:5: tag 'B-' is not a IOB2 tag"):
+        read_conllu(path, scheme="IOB2")
+
+
+def test_well_formed_tags_pass_every_scheme(tmp_path: Path) -> None:
+    path = write(tmp_path, "a B-X\nb I-X\nc O\n\nd B\ne I\n")  # bare prefixes: word segmentation
+    assert len(read_conll(path, scheme="IOB2")) == 2
+    path = write(tmp_path, "a S-X\nb B-X\nc E-X\n\nd M\n", "bmes.txt")
+    assert len(read_conll(path, scheme="BMES")) == 2
+    assert len(read_conll(path, scheme="none")) == 2

