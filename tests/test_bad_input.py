@@ -103,6 +103,15 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
         ([*base, "optim.lr=0"], "optim.lr"),
         ([*base, "optim.lr=-0.001"], "optim.lr"),
         ([*base, "optim.encoder_lr=0"], "optim.encoder_lr"),
+        ([*base, "optim.lr=nan"], "optim.lr"),  # NaN passed `<= 0`; torch raised after loading everything
+        ([*base, "optim.encoder_lr=inf"], "optim.encoder_lr"),
+        ([*base, "optim.weight_decay=-inf"], "optim.weight_decay"),
+        ([*base, "trainer.max_epochs=inf"], "trainer.max_epochs"),
+        ([*base, "tracking.outage_wait_s=inf"], "tracking.outage_wait_s"),
+        ([*base, "+head.new_float_key=nan"], "head.new_float_key"),  # keys added later are covered too
+        ([*base, "seed=-1"], "seed"),  # was a Lightning traceback and a FAILED run named ...|s-1
+        ([*base, "seed=4294967296"], "seed"),
+        ([*base, "seed=1.5"], "seed"),
         ([*base, "dataset.columns.tag=7"], "dataset.columns.tag"),
         ([*base, f"tracking.uri=http://127.0.0.1:{free_port()}"], "tracking.uri"),
     ]
@@ -131,6 +140,10 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
             assert record["stderr"].startswith(f"seqexp: error: `{key}`: "), (argv, record["stderr"])
             assert record["stderr"].count("\n") == 1, record["stderr"]  # exactly one line
     assert "5 is larger than the depth of `model=tiny-bert` (2 layers)" in records[1]["stderr"]
+    by_argv = {tuple(argv): record["stderr"] for argv, record in zip(cases, records)}
+    assert by_argv[(*base, "optim.lr=nan")] == "seqexp: error: `optim.lr`: must be a finite number, got nan\n"
+    assert by_argv[(*base, "seed=-1")] == ("seqexp: error: `seed`: must be a whole number in [0, 4294967295] "
+                                           "(2**32-1), got -1\n")
 
 
 def test_strict_scheme_error_stops_before_the_encoder_with_one_line(tmp_path: Path) -> None:
