@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqexp.config_errors import ConfigError
 from seqexp.data.sources import validate_dataset_cfg
-from seqexp.models.encoders import encoder_depth
+from seqexp.models.encoders import check_files, encoder_depth
 from seqexp.tracking import check_reachable
 from seqexp.training import faults
 from seqexp.training.freeze import STRATEGIES
@@ -99,6 +99,7 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= cfg.scheduler.warmup_ratio < 1:
         raise ConfigError(f"`scheduler.warmup_ratio`: must be in [0, 1), got {cfg.scheduler.warmup_ratio}")
     _one_of(cfg.alignment, "alignment", ALIGNMENTS)
+    check_files(cfg.model)
     _one_of(cfg.freeze.strategy, "freeze.strategy", STRATEGIES)
     if cfg.freeze.strategy == "top_k":
         k = cfg.freeze.top_k

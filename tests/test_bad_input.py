@@ -97,6 +97,11 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
     data = tmp_path / "corpus"
     corpus(data)
     base = ["model=tiny-bert", *dataset_overrides(data)]
+    broken = {"json": '{"model_type": "bert",\n  "hidden_size": 8,,\n}\n', "empty": "", "no-type": '{"a": 1}'}
+    for name, text in broken.items():  # local model folders whose config.json transformers would choke on
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
+    (tmp_path / "no-config").mkdir()
     config_cases = [  # (overrides, the key the one error line must name)
         (["model=nosuch", *dataset_overrides(data)], None),
         ([*base, "freeze=top_k", "freeze.top_k=5"], "freeze.top_k"),
@@ -112,6 +117,8 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
         ([*base, "seed=-1"], "seed"),  # was a Lightning traceback and a FAILED run named ...|s-1
         ([*base, "seed=4294967296"], "seed"),
         ([*base, "seed=1.5"], "seed"),
+        *[([*base, "model.source=local", f"model.path={tmp_path / name}"], None)
+          for name in (*broken, "no-config")],
         ([*base, "dataset.columns.tag=7"], "dataset.columns.tag"),
         ([*base, f"tracking.uri=http://127.0.0.1:{free_port()}"], "tracking.uri"),
     ]
@@ -135,12 +142,22 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
         assert record["seconds"] < 5, (argv, record["seconds"])
         # Before any model loads: no torch/transformers/lightning, nothing built, no MLflow run.
         assert record["heavy"] == [] and record["cache"] == [] and not record["mlruns"], (argv, record)
-        if key is not None:
+        if argv != config_cases[0][0]:
             assert record["code"] == 2, (argv, record)
+        if key is not None:
             assert record["stderr"].startswith(f"seqexp: error: `{key}`: "), (argv, record["stderr"])
             assert record["stderr"].count("\n") == 1, record["stderr"]  # exactly one line
     assert "5 is larger than the depth of `model=tiny-bert` (2 layers)" in records[1]["stderr"]
     by_argv = {tuple(argv): record["stderr"] for argv, record in zip(cases, records)}
+    local = {name: by_argv[(*base, "model.source=local", f"model.path={tmp_path / name}")]
+             for name in (*broken, "no-config")}
+    for name, stderr in local.items():  # one line naming the file, exit 2, before transformers is imported
+        assert stderr.startswith(f"seqexp: error: {tmp_path / name}") and stderr.count("\n") == 1, stderr
+    assert local["json"].startswith(f"seqexp: error: {tmp_path / 'json' / 'config.json'}:2:20: not valid JSON "
+                                    "(Expecting property name enclosed in double quotes); "), local["json"]
+    assert local["empty"].startswith(f"seqexp: error: {tmp_path / 'empty' / 'config.json'}:1:1: not valid JSON")
+    assert 'holds no "model_type"' in local["no-type"]
+    assert local["no-config"].startswith(f"seqexp: error: {tmp_path / 'no-config'} has no config.json")
     assert by_argv[(*base, "optim.lr=nan")] == "seqexp: error: `optim.lr`: must be a finite number, got nan\n"
     assert by_argv[(*base, "seed=-1")] == ("seqexp: error: `seed`: must be a whole number in [0, 4294967295] "
                                            "(2**32-1), got -1\n")
