@@ -270,7 +270,8 @@ def test_utf16_without_bom_is_named_not_misread(tmp_path: Path) -> None:
     # ASCII UTF-16 is valid UTF-8 with NULs between letters: it must not become garbage words.
     for text in ("EU B-ORG\n\nPeter B-PER\n", "Zürich B-LOC\n"):
         path = write(tmp_path, text.encode("utf-16-le"))
-        with pytest.raises(DataFormatError, match=f"^{path}:1: NUL byte.*UTF-16-LE without a byte-order mark: set `dataset.encoding=utf-16-le`"):
+        with pytest.raises(DataFormatError, match=f"^{path}:1: NUL byte.*UTF-16-LE without a byte-order mark: "
+                                                  "set `dataset.encoding=utf-16-le`"):
             read_conll(path)
         assert [s.tags for s in read_conll(path, encoding="utf-16-le")][0][0] in ("B-ORG", "B-LOC")
 

@@ -294,7 +294,8 @@ def test_gzipped_and_zipped_files_at_config_validation(tmp_path: Path) -> None:
     (folder / "test.txt").write_bytes(src.read_bytes())
     cfg = small_cfg(folder, columns={"word": 0, "tag": 3})
     validate_dataset_cfg(cfg)
-    assert [s.tags for s in load_splits(cfg, tmp_path)["train"][:20]] == [s.tags for s in read_conll(src, tag_col=3)[:20]]
+    train = load_splits(cfg, tmp_path)["train"]
+    assert [s.tags for s in train[:20]] == [s.tags for s in read_conll(src, tag_col=3)[:20]]
     with zipfile.ZipFile(folder / "train.txt", "w") as archive:
         archive.write(src, "eng.testa")
     with pytest.raises(DataFormatError, match=f"^{folder / 'train.txt'}:1: the file is a zip archive"):
