@@ -27,6 +27,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from tests.conftest import REPO, compose
 from tests.test_run_e2e import artifact_text, only_run
 from tests.test_tracking_http import free_port
+from tests.tmpfs import small_tmpfs  # noqa: F401  (a fixture)
 
 # Runs each argv through `python -m seqexp.run` in ONE interpreter (runpy), so that what the
 # config errors imported can be read off sys.modules; prints one JSON record per argv.
@@ -228,3 +229,53 @@ def test_unseen_labels_long_sentence_and_duplicates_in_a_tiny_run(
     assert metrics["test_recall"] == len(found) / len(gold_entities)
     assert len(found) / len(known) > 0.5  # the model did learn PER and LOC ...
     assert metrics["test_recall"] <= len(known) / len(gold_entities) < 1  # ... and MISC caps its recall
+
+
+def disk_full_run(tmp_path: Path, disk: Path, *extra: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """`python -m seqexp.run` head-only on a small corpus, checkpoints on ``disk``."""
+    data = tmp_path / "corpus"
+    if not data.exists():
+        data.mkdir()
+        rng = random.Random(0)
+        for split in ("train", "dev", "test"):
+            write_conll(data / f"{split}.txt", synthetic(rng, 48, misc=False))
+    argv = ["model=tiny-bert", "freeze=last", "trainer.max_epochs=1", "trainer.batch_size=16",
+            "trainer.checkpoint_every_n_steps=2", f"trainer.checkpoint_dir={disk}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", *dataset_overrides(data), *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "seqexp.run", *(["-m"] if multirun else []), *argv]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_exit_2(tmp_path: Path, small_tmpfs) -> None:
+    """The whole stack, as a user runs it: checkpoints on a tmpfs too small for one. Was torch's
+    "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos" and a left-behind .tmp.
+    (tests/training/test_checkpoints.py checks that the previous checkpoint stays whole.)"""
+    disk = small_tmpfs("16k")  # a head-only tiny-bert checkpoint is about 20 KB
+    single = disk_full_run(tmp_path, disk)
+    assert single.returncode == 2, single.stderr[-3000:]
+    assert "Traceback" not in single.stderr and "inline_container" not in single.stderr, single.stderr[-3000:]
+    last = single.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"seqexp: error: no space left on {disk}/"), last
+    assert "while writing the checkpoint last.ckpt" in last and "`trainer.checkpoint_dir`" in last
+    assert [p.name for p in disk.rglob("*") if p.is_file()] == []  # no partial file fills the disk
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_disk_full_is_a_failed_job_in_a_sweep(tmp_path: Path, small_tmpfs) -> None:
+    from mlflow import MlflowClient
+
+    disk = small_tmpfs("16k")
+    sweep = disk_full_run(tmp_path, disk, "seed=2,3", f"hydra.sweep.dir={tmp_path / 'multirun'}", multirun=True)
+    output = sweep.stdout + sweep.stderr  # Hydra's job log goes to stdout
+    assert sweep.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.count(f"job failed: no space left on {disk}/") == 2, output[-3000:]
+    assert "seqexp: 2 of 2 jobs failed" in sweep.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])
+    children = [r for r in runs if r.data.params.get("seed") in ("2", "3")]
+    assert sorted(r.info.status for r in children) == ["FAILED", "FAILED"], [r.info.status for r in runs]
+    assert [p.name for p in disk.rglob("*") if p.is_file()] == []
