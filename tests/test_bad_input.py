@@ -182,6 +182,25 @@ def test_strict_scheme_error_stops_before_the_encoder_with_one_line(tmp_path: Pa
     assert not (tmp_path / "cache" / "encoders").exists()  # stopped before the encoder was built
 
 
+@pytest.mark.parametrize("strict", ["true", "false"])
+def test_tag_without_type_stops_before_the_encoder_with_file_and_line(tmp_path: Path, strict: str) -> None:
+    """`EU NNP B-NP B-` trained a whole epoch, then crashed the first validation with a traceback."""
+    from seqexp.run import USER_ERRORS, build
+
+    folder = tmp_path / "chunks"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.txt").write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    (folder / "dev.txt").write_text("EU NNP B-NP B-ORG\n\nEU NNP B-NP B-\n")
+    cfg = compose(["model=tiny-bert", *dataset_overrides(folder), "dataset.columns.tag=3",
+                   f"dataset.strict={strict}", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(USER_ERRORS) as err:
+        build(cfg)
+    assert str(err.value).startswith(f"{folder / 'dev.txt'}:3: tag 'B-' is not a IOB2 tag: its type is missing "
+                                     "after 'B-' (expected e.g. 'B-PER'); fix the tag ")
+    assert not (tmp_path / "cache" / "encoders").exists()  # stopped before the encoder was built
+
+
 def test_unseen_labels_long_sentence_and_duplicates_in_a_tiny_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
