@@ -7,9 +7,15 @@ benchmark can have:
   line becomes a word, or raises :class:`DataFormatError`;
 * every error message starts with ``path:line:`` and says how to fix it;
 * bytes are decoded once per file, and a decoding error is mapped back to its
-  line; UTF-16/UTF-32 are recognised by their byte-order mark and a UTF-8 BOM
-  is dropped, because editors on Windows add them; NUL bytes (UTF-16 without a
-  mark) are an error; CRLF and a lone CR end a line like LF;
+  line, with the likely encoding (cp1252 where the bytes fit it, latin-1 only
+  where they do not); UTF-16/UTF-32 are recognised by their byte-order mark and
+  a UTF-8 BOM is dropped, because editors on Windows add them; NUL bytes are an
+  error (naming UTF-16/32 without a mark when they fall where it puts them);
+  CRLF and a lone CR end a line like LF;
+* gzip files are unpacked (by their magic bytes, whatever the name); zip, bzip2,
+  xz, zstd and 7-Zip files are named as what they are;
+* with a ``scheme``, every tag must parse in it (``B-`` or ``X-PER`` is an error
+  at its line, not a crash at the first scoring);
 * a tag holding whitespace (or, with ``separator=space``, a word holding a tab)
   means tabs and spaces were mixed as separators, and is an error.
 
