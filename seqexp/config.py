@@ -5,13 +5,14 @@ Each check names the offending key, so a typo costs seconds, not a crashed job.
 
 from __future__ import annotations
 
+import math
 import re
 
 from omegaconf import DictConfig, OmegaConf
 
 from seqexp.config_errors import ConfigError
 from seqexp.data.sources import validate_dataset_cfg
-from seqexp.models.encoders import encoder_depth
+from seqexp.models.encoders import check_files, encoder_depth
 from seqexp.tracking import check_reachable
 from seqexp.training import faults
 from seqexp.training.freeze import STRATEGIES
@@ -19,14 +20,38 @@ from seqexp.training.optim import OPTIMIZERS, SCHEDULES
 
 # How a word's vector is made from its subwords' states (top-level key `alignment`).
 ALIGNMENTS = ("first", "last", "mean")
+# The seeds Lightning's seed_everything (and numpy) accept.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def _finite(node, key: str = "") -> None:
+    """Every float anywhere in the config must be finite: NaN passes every ``<= 0`` check and
+    ``nan``/``inf`` reach torch only after data and encoder are loaded. A walk over the whole
+    config, so keys added later are covered without listing them here."""
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        node = OmegaConf.to_container(node, resolve=False)  # interpolations stay strings: checked where set
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"`{key}`: must be a finite number, got {node!r}")
+
+
+def _seed(value) -> None:
+    low, high = SEED_RANGE
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"`seed`: must be a whole number in [{low}, {high}] (2**32-1), got {value!r}")
 
 
 def _positive(cfg: DictConfig, key: str) -> None:
     value = cfg
     for part in key.split("."):
         value = value[part]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"`{key}`: must be a positive number, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"`{key}`: must be a positive finite number, got {value!r}")
 
 
 def _one_of(value, key: str, allowed) -> None:
@@ -88,6 +113,8 @@ _ABSENT = object()
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value found."""
+    _finite(cfg)
+    _seed(cfg.get("seed"))
     _one_of(cfg.optim.name, "optim.name", OPTIMIZERS)
     for key in ("optim.lr", "optim.encoder_lr", "trainer.batch_size", "trainer.eval_batch_size",
                 "trainer.max_epochs", "model.max_length"):
@@ -102,6 +129,7 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= cfg.scheduler.warmup_ratio < 1:
         raise ConfigError(f"`scheduler.warmup_ratio`: must be in [0, 1), got {cfg.scheduler.warmup_ratio}")
     _one_of(cfg.alignment, "alignment", ALIGNMENTS)
+    check_files(cfg.model)
     _one_of(cfg.freeze.strategy, "freeze.strategy", STRATEGIES)
     if cfg.freeze.strategy == "top_k":
         k = cfg.freeze.top_k

@@ -35,6 +35,8 @@ from typing import Any
 
 from seqeval.scheme import IOB2, IOBES, Token, Tokens
 
+from seqexp.data.schemes import is_chunk_tag
+
 SCHEMES: dict[str, type[Token]] = {"IOB2": IOB2, "IOBES": IOBES}
 _PREFIXES: dict[str, frozenset[str]] = {"IOB2": frozenset("BI"), "IOBES": frozenset("BIES")}
 
@@ -151,8 +153,7 @@ def _check_tags(sentences: Sequence[Sequence[str]], scheme: str, side: str) -> N
         for tag in sent:
             if tag in seen:
                 continue
-            ok = tag == "O" or (len(tag) > 2 and tag[0] in allowed and tag[1] == "-")
-            if not ok:
+            if not is_chunk_tag(tag, allowed):
                 raise ValueError(f"{side} sentence {i}: tag {tag!r} is not a {scheme} tag")
             seen.add(tag)
 

@@ -34,6 +34,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataFormatError)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from seqexp.data.sources import DataSourceError
+    from seqexp.disk import DiskFullError
     from seqexp.models.encoders import EncoderUnavailableError
     from seqexp.tracking_buffer import TrackingUnavailableError
 
@@ -43,7 +44,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     training = (tagger.NonFiniteLossError,) if tagger is not None else ()
     checkpoints = sys.modules.get("seqexp.training.checkpoints")
     training += (checkpoints.CheckpointError,) if checkpoints is not None else ()
-    return USER_ERRORS + (DataSourceError, EncoderUnavailableError, TrackingUnavailableError, *training)
+    return USER_ERRORS + (DataSourceError, DiskFullError, EncoderUnavailableError, TrackingUnavailableError,
+                          *training)
 
 
 def hydra_context() -> tuple[dict[str, str], list[str]]:

@@ -27,6 +27,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from tests.conftest import REPO, compose
 from tests.test_run_e2e import artifact_text, only_run
 from tests.test_tracking_http import free_port
+from tests.tmpfs import small_tmpfs  # noqa: F401  (a fixture)
 
 # Runs each argv through `python -m seqexp.run` in ONE interpreter (runpy), so that what the
 # config errors imported can be read off sys.modules; prints one JSON record per argv.
@@ -97,12 +98,28 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
     data = tmp_path / "corpus"
     corpus(data)
     base = ["model=tiny-bert", *dataset_overrides(data)]
+    broken = {"json": '{"model_type": "bert",\n  "hidden_size": 8,,\n}\n', "empty": "", "no-type": '{"a": 1}'}
+    for name, text in broken.items():  # local model folders whose config.json transformers would choke on
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
+    (tmp_path / "no-config").mkdir()
     config_cases = [  # (overrides, the key the one error line must name)
         (["model=nosuch", *dataset_overrides(data)], None),
         ([*base, "freeze=top_k", "freeze.top_k=5"], "freeze.top_k"),
         ([*base, "optim.lr=0"], "optim.lr"),
         ([*base, "optim.lr=-0.001"], "optim.lr"),
         ([*base, "optim.encoder_lr=0"], "optim.encoder_lr"),
+        ([*base, "optim.lr=nan"], "optim.lr"),  # NaN passed `<= 0`; torch raised after loading everything
+        ([*base, "optim.encoder_lr=inf"], "optim.encoder_lr"),
+        ([*base, "optim.weight_decay=-inf"], "optim.weight_decay"),
+        ([*base, "trainer.max_epochs=inf"], "trainer.max_epochs"),
+        ([*base, "tracking.outage_wait_s=inf"], "tracking.outage_wait_s"),
+        ([*base, "+head.new_float_key=nan"], "head.new_float_key"),  # keys added later are covered too
+        ([*base, "seed=-1"], "seed"),  # was a Lightning traceback and a FAILED run named ...|s-1
+        ([*base, "seed=4294967296"], "seed"),
+        ([*base, "seed=1.5"], "seed"),
+        *[([*base, "model.source=local", f"model.path={tmp_path / name}"], None)
+          for name in (*broken, "no-config")],
         ([*base, "dataset.columns.tag=7"], "dataset.columns.tag"),
         ([*base, f"tracking.uri=http://127.0.0.1:{free_port()}"], "tracking.uri"),
     ]
@@ -126,11 +143,25 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
         assert record["seconds"] < 5, (argv, record["seconds"])
         # Before any model loads: no torch/transformers/lightning, nothing built, no MLflow run.
         assert record["heavy"] == [] and record["cache"] == [] and not record["mlruns"], (argv, record)
-        if key is not None:
+        if argv != config_cases[0][0]:
             assert record["code"] == 2, (argv, record)
+        if key is not None:
             assert record["stderr"].startswith(f"seqexp: error: `{key}`: "), (argv, record["stderr"])
             assert record["stderr"].count("\n") == 1, record["stderr"]  # exactly one line
     assert "5 is larger than the depth of `model=tiny-bert` (2 layers)" in records[1]["stderr"]
+    by_argv = {tuple(argv): record["stderr"] for argv, record in zip(cases, records)}
+    local = {name: by_argv[(*base, "model.source=local", f"model.path={tmp_path / name}")]
+             for name in (*broken, "no-config")}
+    for name, stderr in local.items():  # one line naming the file, exit 2, before transformers is imported
+        assert stderr.startswith(f"seqexp: error: {tmp_path / name}") and stderr.count("\n") == 1, stderr
+    assert local["json"].startswith(f"seqexp: error: {tmp_path / 'json' / 'config.json'}:2:20: not valid JSON "
+                                    "(Expecting property name enclosed in double quotes); "), local["json"]
+    assert local["empty"].startswith(f"seqexp: error: {tmp_path / 'empty' / 'config.json'}:1:1: not valid JSON")
+    assert 'holds no "model_type"' in local["no-type"]
+    assert local["no-config"].startswith(f"seqexp: error: {tmp_path / 'no-config'} has no config.json")
+    assert by_argv[(*base, "optim.lr=nan")] == "seqexp: error: `optim.lr`: must be a finite number, got nan\n"
+    assert by_argv[(*base, "seed=-1")] == ("seqexp: error: `seed`: must be a whole number in [0, 4294967295] "
+                                           "(2**32-1), got -1\n")
 
 
 def test_strict_scheme_error_stops_before_the_encoder_with_one_line(tmp_path: Path) -> None:
@@ -148,6 +179,25 @@ def test_strict_scheme_error_stops_before_the_encoder_with_one_line(tmp_path: Pa
     assert str(err.value) == (
         f"{folder / 'dev.txt'}:3: invalid IOB2 sequence: word 3 has 'I-PER' after 'B-LOC' at the end of the "
         "sentence, which seqeval would read as 'B-PER'; fix the tags, or set `dataset.strict=false` to repair them")
+    assert not (tmp_path / "cache" / "encoders").exists()  # stopped before the encoder was built
+
+
+@pytest.mark.parametrize("strict", ["true", "false"])
+def test_tag_without_type_stops_before_the_encoder_with_file_and_line(tmp_path: Path, strict: str) -> None:
+    """`EU NNP B-NP B-` trained a whole epoch, then crashed the first validation with a traceback."""
+    from seqexp.run import USER_ERRORS, build
+
+    folder = tmp_path / "chunks"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.txt").write_text("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    (folder / "dev.txt").write_text("EU NNP B-NP B-ORG\n\nEU NNP B-NP B-\n")
+    cfg = compose(["model=tiny-bert", *dataset_overrides(folder), "dataset.columns.tag=3",
+                   f"dataset.strict={strict}", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(USER_ERRORS) as err:
+        build(cfg)
+    assert str(err.value).startswith(f"{folder / 'dev.txt'}:3: tag 'B-' is not a IOB2 tag: its type is missing "
+                                     "after 'B-' (expected e.g. 'B-PER'); fix the tag ")
     assert not (tmp_path / "cache" / "encoders").exists()  # stopped before the encoder was built
 
 
@@ -198,3 +248,53 @@ def test_unseen_labels_long_sentence_and_duplicates_in_a_tiny_run(
     assert metrics["test_recall"] == len(found) / len(gold_entities)
     assert len(found) / len(known) > 0.5  # the model did learn PER and LOC ...
     assert metrics["test_recall"] <= len(known) / len(gold_entities) < 1  # ... and MISC caps its recall
+
+
+def disk_full_run(tmp_path: Path, disk: Path, *extra: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """`python -m seqexp.run` head-only on a small corpus, checkpoints on ``disk``."""
+    data = tmp_path / "corpus"
+    if not data.exists():
+        data.mkdir()
+        rng = random.Random(0)
+        for split in ("train", "dev", "test"):
+            write_conll(data / f"{split}.txt", synthetic(rng, 48, misc=False))
+    argv = ["model=tiny-bert", "freeze=last", "trainer.max_epochs=1", "trainer.batch_size=16",
+            "trainer.checkpoint_every_n_steps=2", f"trainer.checkpoint_dir={disk}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", *dataset_overrides(data), *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "seqexp.run", *(["-m"] if multirun else []), *argv]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_exit_2(tmp_path: Path, small_tmpfs) -> None:
+    """The whole stack, as a user runs it: checkpoints on a tmpfs too small for one. Was torch's
+    "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos" and a left-behind .tmp.
+    (tests/training/test_checkpoints.py checks that the previous checkpoint stays whole.)"""
+    disk = small_tmpfs("16k")  # a head-only tiny-bert checkpoint is about 20 KB
+    single = disk_full_run(tmp_path, disk)
+    assert single.returncode == 2, single.stderr[-3000:]
+    assert "Traceback" not in single.stderr and "inline_container" not in single.stderr, single.stderr[-3000:]
+    last = single.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"seqexp: error: no space left on {disk}/"), last
+    assert "while writing the checkpoint last.ckpt" in last and "`trainer.checkpoint_dir`" in last
+    assert [p.name for p in disk.rglob("*") if p.is_file()] == []  # no partial file fills the disk
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_disk_full_is_a_failed_job_in_a_sweep(tmp_path: Path, small_tmpfs) -> None:
+    from mlflow import MlflowClient
+
+    disk = small_tmpfs("16k")
+    sweep = disk_full_run(tmp_path, disk, "seed=2,3", f"hydra.sweep.dir={tmp_path / 'multirun'}", multirun=True)
+    output = sweep.stdout + sweep.stderr  # Hydra's job log goes to stdout
+    assert sweep.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.count(f"job failed: no space left on {disk}/") == 2, output[-3000:]
+    assert "seqexp: 2 of 2 jobs failed" in sweep.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])
+    children = [r for r in runs if r.data.params.get("seed") in ("2", "3")]
+    assert sorted(r.info.status for r in children) == ["FAILED", "FAILED"], [r.info.status for r in runs]
+    assert [p.name for p in disk.rglob("*") if p.is_file()] == []

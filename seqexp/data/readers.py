@@ -7,9 +7,15 @@ benchmark can have:
   line becomes a word, or raises :class:`DataFormatError`;
 * every error message starts with ``path:line:`` and says how to fix it;
 * bytes are decoded once per file, and a decoding error is mapped back to its
-  line; UTF-16/UTF-32 are recognised by their byte-order mark and a UTF-8 BOM
-  is dropped, because editors on Windows add them; NUL bytes (UTF-16 without a
-  mark) are an error; CRLF and a lone CR end a line like LF;
+  line, with the likely encoding (cp1252 where the bytes fit it, latin-1 only
+  where they do not); UTF-16/UTF-32 are recognised by their byte-order mark and
+  a UTF-8 BOM is dropped, because editors on Windows add them; NUL bytes are an
+  error (naming UTF-16/32 without a mark when they fall where it puts them);
+  CRLF and a lone CR end a line like LF;
+* gzip files are unpacked (by their magic bytes, whatever the name); zip, bzip2,
+  xz, zstd and 7-Zip files are named as what they are;
+* with a ``scheme``, every tag must parse in it (``B-`` or ``X-PER`` is an error
+  at its line, not a crash at the first scoring);
 * a tag holding whitespace (or, with ``separator=space``, a word holding a tab)
   means tabs and spaces were mixed as separators, and is an error.
 
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import codecs
 import gc
+import gzip
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import compress, repeat
@@ -31,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqexp.data.schemes import first_bad_tag
 from seqexp.data.sentences import DataFormatError, Sentence
 
 __all__ = [
@@ -70,9 +79,148 @@ def _wide(encoding: str) -> bool:
         return False  # the decode below reports the unknown name
 
 
+def _codec(encoding: str) -> str:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return encoding
+
+
+# Compressed or archive formats, by their magic bytes: (signature, name, how to get the text out).
+_MAGIC = (
+    (b"PK\x03\x04", "a zip archive", "`unzip` it"),
+    (b"PK\x05\x06", "an (empty) zip archive", "`unzip` it"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "`unxz` it"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "`unzstd` it"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", "`7z x` it"),
+)
+_GZIP = b"\x1f\x8b"
+_BZIP2 = re.compile(rb"BZh[1-9]1AY&SY")
+
+
+def _not_text(path: Path, data: bytes) -> None:
+    """Name a compressed file or an archive as what it is, instead of misreading its bytes."""
+    what = next(((name, fix) for magic, name, fix in _MAGIC if data.startswith(magic)), None)
+    if what is None and _BZIP2.match(data):
+        what = ("bzip2-compressed", "`bunzip2` it")
+    if what is not None:
+        raise DataFormatError(
+            f"{path}:1: the file is {what[0]}, not a text file; {what[1]} and point `dataset.files.<split>` "
+            f"at the file inside (gzip files are read as they are)"
+        )
+
+
+def _gunzip(path: Path, data: bytes) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataFormatError(f"{path}:1: gzip-compressed but damaged or truncated ({err}); "
+                              f"check it with `gzip -t {path}`") from None
+
+
+def _utf16_like(data: bytes) -> str | None:
+    """The codec whose NUL pattern ``data`` has (ASCII in UTF-16/32 is a NUL beside every letter)."""
+    sample = data[: 1 << 16]
+    sample = sample[: len(sample) - len(sample) % 4]
+    if len(sample) < 4:
+        return None
+    zeros = [sample[k::4].count(0) / (len(sample) // 4) for k in range(4)]
+    if zeros[2] > 0.9 and zeros[3] > 0.9 and zeros[0] < 0.1:
+        return "utf-32-le"
+    if zeros[0] > 0.9 and zeros[1] > 0.9 and zeros[3] < 0.1:
+        return "utf-32-be"
+    if min(zeros[1], zeros[3]) >= 0.25 and max(zeros[0], zeros[2]) <= 0.02:
+        return "utf-16-le"
+    if min(zeros[0], zeros[2]) >= 0.25 and max(zeros[1], zeros[3]) <= 0.02:
+        return "utf-16-be"
+    return None
+
+
+def _nul_check(path: Path, data: bytes, encoding: str, declared: str) -> None:
+    """NUL bytes in a file read with a byte codec: UTF-16/32 without a byte-order mark when the
+    NULs fall where that codec puts them (it would decode silently into garbage words), else a
+    stray NUL at its line."""
+    nul = data.find(b"\x00")
+    if nul < 0 or _wide(encoding):
+        return
+    line = data.count(b"\n", 0, nul) + 1
+    wide = _utf16_like(data)
+    if wide is not None:
+        raise DataFormatError(
+            f"{path}:{line}: NUL byte(s) in a file read as {encoding} (`dataset.encoding`={declared}); "
+            f"it looks like {wide.upper()} without a byte-order mark: set `dataset.encoding={wide}`, "
+            f"or re-encode it (`iconv -f {wide} -t utf-8`)"
+        )
+    column = nul - (data.rfind(b"\n", 0, nul) + 1) + 1
+    raise DataFormatError(
+        f"{path}:{line}: NUL byte at byte column {column}: a text file has none; the file is binary or "
+        f"damaged there: remove the NUL bytes (`tr -d '\\000'`) or restore the file"
+    )
+
+
+def _decode_hint(data: bytes, err: UnicodeDecodeError, encoding: str) -> str:
+    """How to read bytes that are not ``encoding``: Windows-1252 when they decode as it (smart
+    quotes, 0x80-0x9F), latin-1 only when they do not (latin-1 decodes anything, into C1 controls)."""
+    bad = data[err.start : err.end]
+    if _codec(encoding) != "cp1252":
+        try:
+            data.decode("cp1252")
+        except UnicodeDecodeError as cp_err:
+            undefined = data[cp_err.start : cp_err.start + 1]
+            return (f"it is not Windows-1252 either ({undefined!r} is undefined there); if it is latin-1 "
+                    f"(ISO-8859-1) set `dataset.encoding=latin-1` (or `iconv -f latin-1 -t utf-8`), otherwise "
+                    f"set `dataset.encoding` to the file's real encoding")
+        shown = bad.decode("cp1252")
+        return (f"the file decodes as Windows-1252 (where {bad!r} is {shown!r}): set `dataset.encoding=cp1252`, "
+                f"or re-encode it (`iconv -f cp1252 -t utf-8`)")
+    return ("re-encode the file (e.g. `iconv -f latin-1 -t utf-8`) or set `dataset.encoding` to the file's "
+            "real encoding")
+
+
+_C1 = re.compile("[\x80-\x9f]")
+
+
+def _c1_check(path: Path, data: bytes, text: str, encoding: str, declared: str) -> None:
+    """latin-1 decodes every byte, so a Windows-1252 file read as latin-1 gives words with C1
+    control characters (U+0093 for a smart quote): reject it when the bytes fit Windows-1252."""
+    if _codec(encoding) != "iso8859-1":
+        return
+    found = _C1.search(text)
+    if found is None:
+        return
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return  # bytes Windows-1252 leaves undefined: maybe really latin-1 with controls
+    i = found.start()  # one byte per character
+    line, column = text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+    char = data[i : i + 1]
+    raise DataFormatError(
+        f"{path}:{line}: byte {char!r} at byte column {column} is the control character U+{ord(found.group()):04X} "
+        f"in {encoding} (`dataset.encoding`={declared}), which no text uses; the file decodes as Windows-1252 "
+        f"(where it is {char.decode('cp1252')!r}): set `dataset.encoding=cp1252`"
+    )
+
+
+def _raw(path: Path, data: bytes, encoding: str) -> tuple[bytes, str]:
+    """The file's text bytes and their codec: gzip unpacked, archives named, a byte-order mark
+    picking the codec (and removed), NUL bytes checked."""
+    if data.startswith(_GZIP):
+        data = _gunzip(path, data)
+    _not_text(path, data)
+    declared = encoding
+    for bom, bom_encoding in _BOMS:
+        if data.startswith(bom):
+            data, encoding = data[len(bom) :], bom_encoding
+            break
+    _nul_check(path, data, encoding, declared)
+    return data, encoding
+
+
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """Decode a whole file: CRLF and lone CR become LF, a byte-order mark picks the codec and is
-    removed, and NUL bytes (UTF-16 without a mark) are an error rather than garbage words."""
+    """Decode a whole file: gzip is unpacked (by its magic bytes, whatever the name), other
+    archives are named; CRLF and lone CR become LF; a byte-order mark picks the codec and is
+    removed; NUL bytes and undecodable bytes are errors at their line with the likely encoding."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -85,23 +233,10 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
         raise DataFileMissingError(
             f"{path}:1: is a folder, not a data file; `dataset.files.<split>` must name a file in `dataset.data_dir`"
         ) from None
+    declared = encoding
+    data, encoding = _raw(path, data, encoding)
     if not data or data.isspace():
         raise DataFormatError(f"{path}:1: file is empty; point `dataset.files.<split>` at a file with sentences")
-    declared = encoding
-    for bom, bom_encoding in _BOMS:
-        if data.startswith(bom):
-            data, encoding = data[len(bom) :], bom_encoding
-            break
-    nul = data.find(b"\x00")
-    if nul >= 0 and not _wide(encoding):
-        # ASCII in UTF-16 is valid UTF-8 with a NUL after every letter: it would decode
-        # silently into garbage words, so say what the file most likely is.
-        line = data.count(b"\n", 0, nul) + 1
-        raise DataFormatError(
-            f"{path}:{line}: NUL byte(s) in a file read as {encoding} "
-            f"(`dataset.encoding`={declared}); it looks like UTF-16 without a byte-order mark: set "
-            f"`dataset.encoding=utf-16-le` (or utf-16-be), or re-encode it (`iconv -f utf-16 -t utf-8`)"
-        )
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
@@ -109,13 +244,13 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         raise DataFormatError(
             f"{path}:{line}: byte(s) {data[err.start : err.end]!r} at byte column {column} are not valid "
-            f"{encoding} (`dataset.encoding`={declared}); re-encode the file (e.g. `iconv -f latin-1 -t utf-8`) "
-            f"or set `dataset.encoding` to the file's real encoding"
+            f"{encoding} (`dataset.encoding`={declared}); {_decode_hint(data, err, encoding)}"
         ) from None
     except LookupError:
         raise DataFormatError(
             f"{path}:1: unknown encoding {encoding!r}; set `dataset.encoding` to a Python codec name such as utf-8"
         ) from None
+    _c1_check(path, data, text, encoding, declared)
     # Universal newlines, as Python's text mode: CRLF (Windows) and a lone CR (classic Mac).
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
@@ -148,13 +283,18 @@ def first_token_line(
     path: str | Path, *, encoding: str = "utf-8", skip: tuple[str, ...] = ()
 ) -> tuple[int, str] | None:
     """(line number, text) of the first non-blank line not starting with ``skip``, from the
-    file's first 64 KiB: lets config validation check columns without reading the corpus."""
-    with Path(path).open("rb") as handle:
+    file's first 64 KiB (unpacked, for gzip): lets config validation check columns without
+    reading the corpus. Archives and NUL bytes raise the reader's errors, not a column error."""
+    path = Path(path)
+    with path.open("rb") as handle:
         head = handle.read(65536)
-    for bom, bom_encoding in _BOMS:
-        if head.startswith(bom):
-            head, encoding = head[len(bom) :], bom_encoding
-            break
+    if head.startswith(_GZIP):
+        try:
+            with gzip.open(path, "rb") as handle:
+                head = handle.read(65536)
+        except (OSError, EOFError, zlib.error):
+            return None  # the reader names the damage
+    head, encoding = _raw(path, head, encoding)
     try:
         text = head.decode(encoding, errors="replace")
     except LookupError:
@@ -252,6 +392,17 @@ def _mixed_separator_check(
         )
 
 
+def _tag_check(path: Path, rows: Sequence[int], lines: list[str], tags: list[str], scheme: str | None) -> None:
+    """Reject a tag the declared scheme cannot parse (``B-``, ``X-PER``, ``b-per``), naming its line:
+    accepted, it would train a whole epoch and then break the first scoring."""
+    if scheme is None:
+        return
+    bad = first_bad_tag(tags, scheme)
+    if bad is not None:
+        k, problem = bad
+        raise DataFormatError(f"{path}:{rows[k] + 1}: {problem} (in {lines[rows[k]]!r}, `dataset.scheme`={scheme})")
+
+
 def read_conll(
     path: str | Path,
     *,
@@ -261,6 +412,7 @@ def read_conll(
     docstart: bool = True,
     token_prefix: str | None = None,
     encoding: str = "utf-8",
+    scheme: str | None = None,
 ) -> list[Sentence]:
     """Read a CoNLL column file: one token per line, blank lines between sentences.
 
@@ -269,16 +421,18 @@ def read_conll(
     With ``docstart``, lines whose first field is ``-DOCSTART-`` are skipped and
     end the sentence. ``token_prefix`` is a regex removed from the start of each
     word (WikiANN's ``en:``). Every token line must have as many columns as the first.
+    ``scheme`` (a :mod:`seqexp.data.schemes` name): every tag must parse in it.
     """
     if separator not in SEPARATORS:
         raise ValueError(f"unknown separator {separator!r}; choose one of {', '.join(SEPARATORS)}")
     path = Path(path)
     with _gc_paused():
-        return _read_conll(path, word_col, tag_col, separator, docstart, token_prefix, encoding)
+        return _read_conll(path, word_col, tag_col, separator, docstart, token_prefix, encoding, scheme)
 
 
 def _read_conll(
-    path: Path, word_col: int, tag_col: int, separator: str, docstart: bool, token_prefix: str | None, encoding: str
+    path: Path, word_col: int, tag_col: int, separator: str, docstart: bool, token_prefix: str | None, encoding: str,
+    scheme: str | None = None,
 ) -> list[Sentence]:
     text = read_text(path, encoding)
     lines = _split_lines(text)
@@ -330,15 +484,18 @@ def _read_conll(
     _empty_check(path, rows, lines, words, tags,
                  f" after removing `dataset.token_prefix`={token_prefix!r}" if token_prefix else "")
     _mixed_separator_check(path, rows, lines, words, tags, separator, "\t" in text)
+    _tag_check(path, rows, lines, tags, scheme)
     return _group(path, blank, rows, words, tags)
 
 
-def read_conllu(path: str | Path, *, tag_field: str = "upos", encoding: str = "utf-8") -> list[Sentence]:
+def read_conllu(
+    path: str | Path, *, tag_field: str = "upos", encoding: str = "utf-8", scheme: str | None = None
+) -> list[Sentence]:
     """Read a CoNLL-U file: 10 tab-separated fields, ``#`` comments, blank lines between sentences.
 
     Multiword-token ranges (``1-2``) and empty nodes (``1.1``) are skipped: the
     syntactic words listed after a range are the ones that carry tags.
-    ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5).
+    ``tag_field`` is ``upos`` (column 4) or ``xpos`` (column 5); ``scheme`` as in :func:`read_conll`.
     """
     if tag_field not in UD_FIELDS:
         raise ValueError(f"unknown CoNLL-U tag field {tag_field!r}; choose one of {', '.join(UD_FIELDS)}")
@@ -371,4 +528,5 @@ def read_conllu(path: str | Path, *, tag_field: str = "upos", encoding: str = "u
     if not rows:
         raise DataFormatError(f"{path}:1: no sentences found (only comments or blank lines)")
     _empty_check(path, rows, lines, words, tags, names=("FORM", tag_field))
+    _tag_check(path, rows, lines, tags, scheme)
     return _group(path, blank, np.asarray(rows), words, tags)

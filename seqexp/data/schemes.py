@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 from seqexp.data.sentences import DataFormatError
 
-__all__ = ["SCHEMES", "Repairs", "canonical_scheme", "normalize", "scoring_scheme", "validate_scheme_name"]
+__all__ = [
+    "SCHEMES", "Repairs", "canonical_scheme", "first_bad_tag", "is_chunk_tag", "normalize", "scoring_scheme",
+    "tag_problem", "validate_scheme_name",
+]
 
 # declared name -> (prefixes the input may use, scheme trained and scored in)
 _SCHEMES: dict[str, tuple[frozenset[str], str | None]] = {
@@ -71,18 +74,58 @@ def scoring_scheme(scheme: str | None) -> str | None:
     return _SCHEMES[canonical_scheme(scheme)][1]
 
 
+def is_chunk_tag(tag: str, prefixes: frozenset[str] | str) -> bool:
+    """True for ``O``, ``P-TYPE`` and a bare ``P`` (word segmentation), ``P`` one of ``prefixes``.
+
+    The one definition of a parsable chunk tag: the readers, :func:`normalize` and the
+    metrics all use it. ``B-`` (a dash and no type), ``-PER``, ``X-PER`` and ``b-per`` are not.
+    """
+    if tag == "O":
+        return True
+    return tag[:1] in prefixes and tag[0] != "O" and (len(tag) == 1 or (len(tag) > 2 and tag[1] == "-"))
+
+
+def tag_problem(tag: str, scheme: str | None) -> str | None:
+    """Why ``scheme`` cannot parse ``tag`` ("tag 'B-' is not a IOB2 tag: ..., fix"), or None when it can."""
+    name = canonical_scheme(scheme)
+    allowed, target = _SCHEMES[name]
+    if target is None or is_chunk_tag(tag, allowed):
+        return None
+    expected = ", ".join(sorted(allowed - {"O"}))
+    head, dash, rest = tag.partition("-")
+    if dash and len(head) == 1 and head in allowed and head != "O" and not rest:
+        why = f"its type is missing after {tag!r} (expected e.g. '{head}-PER')"
+    elif dash and not head:
+        why = f"it has no prefix before the '-' (expected one of {expected}, e.g. '{expected[0]}{tag}')"
+    elif tag.upper() != tag and is_chunk_tag(tag[:1].upper() + tag[1:], allowed):
+        why = f"prefixes are upper-case (did you mean {tag[:1].upper() + tag[1:]!r}?)"
+    else:
+        why = f"expected O or one of {expected} followed by '-TYPE'"
+    fits = [other for other, (prefixes, _) in _SCHEMES.items()
+            if other != name and prefixes and is_chunk_tag(tag, prefixes)]
+    fix = (f"is `dataset.scheme` one of {', '.join(fits)}?" if fits
+           else "fix the tag" + ("" if "-" in tag else ", or for plain tags set `dataset.scheme=none`"))
+    return f"tag {tag!r} is not a {name} tag: {why}; {fix}"
+
+
+def first_bad_tag(tags: Sequence[str], scheme: str | None) -> tuple[int, str] | None:
+    """(index, problem) of the first tag ``scheme`` cannot parse, or None. Checks distinct tags only."""
+    if _SCHEMES[canonical_scheme(scheme)][1] is None:
+        return None
+    bad = {tag: why for tag in set(tags) if (why := tag_problem(tag, scheme)) is not None}
+    if not bad:
+        return None
+    k = next(k for k, tag in enumerate(tags) if tag in bad)
+    return k, bad[tags[k]]
+
+
 def _split(tag: str, allowed: frozenset[str], scheme: str, origin: str, index: int) -> tuple[str, str]:
     """``"B-PER"`` -> ``("B", "PER")``; bare prefixes (``"B"``, segmentation) get type ``""``."""
     if tag == "O":
         return "O", ""
+    if not is_chunk_tag(tag, allowed):
+        raise DataFormatError(f"{origin or '<memory>'}: word {index + 1}: {tag_problem(tag, scheme)}")
     prefix = tag[0]
-    if prefix not in allowed or prefix == "O" or (len(tag) > 1 and tag[1] != "-"):
-        fits = [name for name, (prefixes, _) in _SCHEMES.items() if prefix in prefixes - {"O"} and name != scheme]
-        raise DataFormatError(
-            f"{origin or '<memory>'}: word {index + 1} has tag {tag!r}, which is not a {scheme} tag "
-            f"(expected O or one of {', '.join(sorted(allowed - {'O'}))} followed by '-TYPE'); "
-            + (f"is `dataset.scheme` one of {', '.join(fits)}?" if fits else "for plain tags set `dataset.scheme=none`")
-        )
     return ("I" if prefix == "M" else prefix), tag[2:]
 
 
@@ -92,9 +135,8 @@ def _is_valid(tags: Sequence[str], allowed: frozenset[str], target: str) -> bool
     Checks the distinct tags and distinct tag bigrams only, so a sentence costs a
     couple of C-level set builds instead of a Python loop per token.
     """
-    for tag in set(tags):
-        if tag != "O" and (tag[0] not in allowed or tag[0] == "O" or (len(tag) > 1 and tag[1] != "-")):
-            return False
+    if not all(is_chunk_tag(tag, allowed) for tag in set(tags)):
+        return False
     pairs = set(zip(tags, tags[1:]))
     if target == "IOB2":
         return tags[0][0] != "I" and all(t[0] != "I" or (p[0] in "BI" and p[1:] == t[1:]) for p, t in pairs)

@@ -311,7 +311,8 @@ def _read_local(folder: Path, cfg: Mapping) -> dict[str, list[Sentence]]:
             continue
         path = folder / str(name)
         if cfg["format"] == "conllu":
-            out[split] = read_conllu(path, tag_field=columns["tag"], encoding=cfg.get("encoding") or "utf-8")
+            out[split] = read_conllu(path, tag_field=columns["tag"], encoding=cfg.get("encoding") or "utf-8",
+                                     scheme=cfg.get("scheme"))
         else:
             out[split] = read_conll(
                 path,
@@ -321,6 +322,7 @@ def _read_local(folder: Path, cfg: Mapping) -> dict[str, list[Sentence]]:
                 docstart=bool(cfg.get("docstart", True)),
                 token_prefix=cfg.get("token_prefix") or None,
                 encoding=cfg.get("encoding") or "utf-8",
+                scheme=cfg.get("scheme"),
             )
     return out
 

@@ -104,6 +104,7 @@ def load_encoder(model_cfg: Any, train_sentences: Sequence[Sentence] | None, cac
         tokenizer, model = _load_from(str(directory), local_files_only=True)
     elif source in ("local", "package") or (source == "hub" and _is_dir(_get(model_cfg, "path"))):
         directory = _local_dir(model_cfg)
+        read_config_json(directory)  # one line naming the file, not a transformers traceback
         tokenizer, model = _load_from(str(directory), local_files_only=True)
     elif source == "hub":
         if not _get(model_cfg, "path"):
@@ -132,16 +133,16 @@ def encoder_depth(model_cfg: Any) -> int | None:
         return int(layers) if layers is not None else None
     try:
         if source in ("local", "package") or (source == "hub" and _is_dir(_get(model_cfg, "path"))):
-            config_file: Path | str | None = _local_dir(model_cfg) / "config.json"
+            config = read_config_json(_local_dir(model_cfg))
         elif source == "hub":
             from huggingface_hub import try_to_load_from_cache
 
             config_file = try_to_load_from_cache(str(_get(model_cfg, "path", "")), "config.json")
             if not isinstance(config_file, str):
                 return None
+            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
         else:
             return None
-        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
     except (EncoderUnavailableError, OSError, ValueError):
         return None
     depth = config.get("num_hidden_layers", config.get("n_layers", config.get("num_layers")))
@@ -227,6 +228,40 @@ def _local_dir(model_cfg: Any) -> Path:
             f"{directory} has no config.json: not a directory written by save_pretrained. {OFFLINE_CHOICES}"
         )
     return directory
+
+
+def read_config_json(directory: Path) -> dict:
+    """``config.json`` of a ``save_pretrained`` folder; one line naming the file (and, for bad
+    JSON, its line and column) instead of a transformers traceback."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise EncoderUnavailableError(
+            f"{path}: byte {err.start + 1} is not UTF-8, so this is not a config.json written by save_pretrained; "
+            f"restore the file or point `model.path` at another folder"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise EncoderUnavailableError(
+            f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); restore the file (save_pretrained "
+            f"writes it) or point `model.path` at another folder"
+        ) from None
+    except OSError as err:
+        raise EncoderUnavailableError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise EncoderUnavailableError(
+            f"{path}: holds no \"model_type\", so transformers cannot tell which model it describes; "
+            f"restore the file (save_pretrained writes it) or point `model.path` at another folder"
+        )
+    return config
+
+
+def check_files(model_cfg: Any) -> None:
+    """Config validation: a ``local``/``package`` encoder's folder and its config.json are readable,
+    before anything slow runs (raises :class:`EncoderUnavailableError`). Other sources are checked at load."""
+    source = _get(model_cfg, "source", "hub")
+    if source in ("local", "package") or (source == "hub" and _is_dir(_get(model_cfg, "path"))):
+        read_config_json(_local_dir(model_cfg))
 
 
 def _load_hub(hub_id: str) -> tuple[PreTrainedTokenizerFast, PreTrainedModel]:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from seqexp.data.encoding import Window
+from seqexp.disk import guarded_write
 from seqexp.models.tagger import pool_words
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,13 @@ def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: st
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save({"vectors": features.vectors, "offsets": features.offsets}, tmp)
-        os.replace(tmp, path)
+        with guarded_write(Path(tmp), path, "feature cache file", fix="set `cache_dir` to a folder on another "
+                           "disk (or `trainer.feature_cache=false`: encode in every epoch)"):
+            # An open file, not a path: on a failed write it is closed here, so removing it frees the
+            # space (torch's own writer keeps its file open as long as the exception lives).
+            with open(tmp, "wb") as f:
+                torch.save({"vectors": features.vectors, "offsets": features.offsets}, f)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

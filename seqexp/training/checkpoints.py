@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from seqexp.disk import guarded_write
 from seqexp.tracking import resolve_uri
 
 log = logging.getLogger("seqexp")
@@ -234,10 +235,12 @@ class LastCheckpoint(Checkpoint):
         started = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        with guarded_write(tmp, self.path, "checkpoint", fix="set `trainer.checkpoint_dir` to a folder on another "
+                           "disk (or `trainer.checkpoint_every_n_steps=null`: no checkpoints)"):
+            trainer.save_checkpoint(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
         self._last_saved_step = trainer.global_step
         self.save_seconds.append(time.perf_counter() - started)
         log.debug("checkpoint at step %d: %s (%.2fs)", trainer.global_step, self.path, self.save_seconds[-1])

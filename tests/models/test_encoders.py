@@ -209,6 +209,30 @@ def test_local_directory_without_config_fails_clearly(tmp_path):
         load_encoder(model_cfg("bert", source="local", path=str(tmp_path)), None, tmp_path)
 
 
+def test_local_directory_with_broken_config_json_names_the_file(built, tmp_path):
+    """Not valid JSON (or no model_type): one line naming the file, line and column, not a transformers traceback."""
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(Path(built["tiny-bert"][0].tokenizer.name_or_path), directory)
+    config = directory / "config.json"
+    good = config.read_text()
+    config.write_text(good.replace('"model_type"', "'model_type'"))
+    line = next(i for i, text in enumerate(good.split("\n"), 1) if '"model_type"' in text)
+    cfg = model_cfg("bert", source="local", path=str(directory))
+    with pytest.raises(EncoderUnavailableError, match=rf"^{config}:{line}:3: not valid JSON \(Expecting property"):
+        load_encoder(cfg, None, tmp_path)
+    assert encoder_depth(cfg) is None
+    config.write_text(good.replace('"model_type"', '"kind"'))
+    with pytest.raises(EncoderUnavailableError, match=rf'^{config}: holds no "model_type"'):
+        load_encoder(cfg, None, tmp_path)
+    config.write_bytes(b'{"model_type": "b\xe9rt"}')
+    with pytest.raises(EncoderUnavailableError, match=rf"^{config}: byte 18 is not UTF-8"):
+        load_encoder(cfg, None, tmp_path)
+    config.write_text(good)
+    assert load_encoder(cfg, None, tmp_path).num_layers == 2
+
+
 @pytest.fixture(scope="module")
 def minilm():
     return load_encoder(model_cfg("minilm"), None, Path("/nonexistent"))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from seqexp.models.feature_cache import (
@@ -18,6 +20,7 @@ from seqexp.models.feature_cache import (
 )
 from seqexp.run import build
 from tests.conftest import REPO, compose
+from tests.tmpfs import small_tmpfs  # noqa: F401  (a fixture)
 
 
 def head_only(mini_conll, tmp_path, *extra):
@@ -139,3 +142,26 @@ def test_two_processes_share_one_cache(mini_conll, tmp_path):
     fresh = compute_features(enc, built.datamodule.windows["train"], "first")
     data = torch.load(files[0], weights_only=True)
     assert torch.equal(data["vectors"], fresh.vectors) and torch.equal(data["offsets"], fresh.offsets)
+
+
+def test_disk_full_while_writing_the_cache_names_the_folder_and_leaves_no_partial_file(
+        mini_conll, tmp_path, small_tmpfs):
+    """A real ENOSPC on a tmpfs smaller than the features: torch.save to a path raises only
+    "[enforce fail at inline_container.cc] unexpected pos"; the user gets one line naming the folder."""
+    from seqexp.disk import DiskFullError
+    from seqexp.models import feature_cache
+
+    disk = small_tmpfs("64k")
+    cfg, built = head_only(mini_conll, tmp_path, "trainer.feature_cache=false")
+    enc, windows = built.tagger.encoder, built.datamodule.windows["train"]
+    feature_cache._MEMORY.clear()
+    with pytest.raises(DiskFullError) as err:
+        cached_features(enc, windows, "first", disk, encoder_fingerprint(enc))
+    message = str(err.value)
+    assert message.startswith(f"no space left on {disk / 'features'} while writing the feature cache file "), message
+    assert "`cache_dir`" in message and "trainer.feature_cache=false" in message and "\n" not in message
+    assert list((disk / "features").iterdir()) == []  # the partial temporary file is gone
+    assert shutil.disk_usage(disk).free > 60_000  # and the disk is not left full
+    feature_cache._MEMORY.clear()
+    assert len(cached_features(enc, windows, "first", tmp_path / "roomy", encoder_fingerprint(enc)).offsets) \
+        == len(windows) + 1

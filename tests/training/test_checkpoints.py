@@ -13,6 +13,7 @@ from seqexp.config_errors import ConfigError
 from seqexp.data.datamodule import LengthGroupedBatches
 from seqexp.training.checkpoints import CheckpointError, LastCheckpoint, find_resumable, read_saved_state
 from tests.conftest import compose
+from tests.tmpfs import fill, small_tmpfs  # noqa: F401  (a fixture)
 
 
 # -- the batch sampler ---------------------------------------------------------------------------
@@ -186,3 +187,40 @@ def test_find_resumable_takes_only_a_killed_or_failed_run_of_this_experiment(tmp
     assert find_resumable(client, "study", path) is None
     path.write_bytes(b"not a checkpoint: a torn write")
     assert read_saved_state(path) is None and find_resumable(client, "study", path) is None
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+class FillAfterFirstSave(LastCheckpoint):
+    """After the first checkpoint, fill its (tmpfs) disk so the next one cannot be written whole."""
+
+    def save(self, trainer):
+        first = not self.path.exists()
+        super().save(trainer)
+        if first:
+            self.first_bytes = self.path.read_bytes()
+            fill(self.path.parent.parent, leave=len(self.first_bytes) // 2)
+            self.free_before = shutil.disk_usage(self.path.parent).free
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, mini_conll, small_tmpfs):
+    """A real ENOSPC on a small tmpfs: one line "no space left on <folder>", no partial file, the
+    previous checkpoint whole (it was torch's "[enforce fail at inline_container.cc] unexpected pos")."""
+    from seqexp.disk import DiskFullError
+    from seqexp.run import build, make_trainer, quiet_libraries
+
+    disk = small_tmpfs("4m")
+    cfg = tiny_cfg(mini_conll, "last", epochs=1)
+    quiet_libraries()
+    built = build(cfg)
+    saver = FillAfterFirstSave(disk / "fp" / "last.ckpt", 3, "run-id", "fp")
+    trainer = make_trainer(cfg, callbacks=[saver])
+    with pytest.raises(DiskFullError) as err:
+        trainer.fit(built.tagger, datamodule=built.datamodule)
+    message = str(err.value)
+    assert message.startswith(f"no space left on {disk / 'fp'} while writing the checkpoint last.ckpt ("), message
+    assert f"the previous checkpoint {saver.path} is intact" in message and "trainer.checkpoint_dir" in message
+    assert "\n" not in message
+    assert sorted(p.name for p in (disk / "fp").iterdir()) == ["last.ckpt"]  # the partial .tmp is gone
+    assert saver.path.read_bytes() == saver.first_bytes  # and the previous checkpoint is whole
+    assert read_saved_state(saver.path).global_step == 3
+    assert shutil.disk_usage(disk).free >= saver.free_before  # the space the partial file took is back
