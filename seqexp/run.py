@@ -284,8 +284,9 @@ def run(cfg: DictConfig) -> float | None:
             f1 = previous.data.metrics.get("test_f1")
             log.info("%s: already FINISHED as run %s (test_f1 %s); skipping (rerun=true forces it)",
                      name, previous.info.run_id, f1)
-            Outcome(name, "SKIPPED", previous.info.run_id, f1).save()
-            return best_dev_f1(previous.data.metrics, previous.info.run_id, tracker.uri)
+            dev_f1 = best_dev_f1(previous.data.metrics, previous.info.run_id, tracker.uri)
+            Outcome(name, "SKIPPED", previous.info.run_id, f1, dev_f1=dev_f1).save()
+            return dev_f1
         from seqexp.training.checkpoints import resume_point
 
         resume = resume_point(cfg, mlflow_client, fp)  # an interrupted run with a checkpoint continues
@@ -307,8 +308,9 @@ def run(cfg: DictConfig) -> float | None:
         from seqexp.training.checkpoints import checkpoint_path, remove_checkpoint
 
         remove_checkpoint(checkpoint_path(cfg, fp))  # it exists only for resume
-    Outcome(name, "FINISHED", tracker.run_id, metrics["test_f1"]).save()
-    return best_dev_f1(metrics, tracker.run_id, tracker.uri)
+    dev_f1 = best_dev_f1(metrics, tracker.run_id, tracker.uri)
+    Outcome(name, "FINISHED", tracker.run_id, metrics["test_f1"], dev_f1=dev_f1).save()
+    return dev_f1
 
 
 def quiet_libraries() -> None:

@@ -140,6 +140,7 @@ class Outcome:
     run_id: str
     test_f1: float | None = None
     error: str = ""
+    dev_f1: float | None = None  # best dev F1: what a search optimizes
 
     def save(self) -> None:
         info = SweepInfo.for_current_job()
@@ -247,10 +248,10 @@ def summary_table(outcomes: list[Outcome], info: SweepInfo) -> str:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
     width = max([len(o.name) for o in outcomes] + [3])
     lines = [f"\nsweep {info.sweep_id} ({info.experiment}, parent run {info.parent_run_id})",
-             f"{'run':<{width}}  {'status':<8}  {'test_f1':>7}  run id / error"]
+             f"{'run':<{width}}  {'status':<8}  {'dev_f1':>7}  {'test_f1':>7}  run id / error"]
     for o in outcomes:
-        f1 = f"{o.test_f1:.4f}" if o.test_f1 is not None else "-"
+        dev, f1 = (f"{v:.4f}" if v is not None else "-" for v in (o.dev_f1, o.test_f1))
         detail = o.error if len(o.error) <= 100 else o.error[:97] + "..."
-        lines.append(f"{o.name:<{width}}  {o.status:<8}  {f1:>7}  {detail or o.run_id}")
+        lines.append(f"{o.name:<{width}}  {o.status:<8}  {dev:>7}  {f1:>7}  {detail or o.run_id}")
     lines.append(", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     return "\n".join(lines)

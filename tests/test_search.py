@@ -57,7 +57,11 @@ def test_optuna_search_trials_are_child_runs_and_a_rerun_continues_the_study(tmp
     proc = sweep(tmp_path, *args, "hydra.sweeper.optuna_config.n_trials=2", seed + "1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 finished, 0 skipped, 0 failed" in proc.stdout
-    study, parent, _ = check_trials_are_child_runs(tmp_path, 2)
+    study, parent, first = check_trials_are_child_runs(tmp_path, 2)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    for child in first:  # the summary table shows the objective next to test F1
+        dev, test = best_dev_f1(client, child), child.data.metrics["test_f1"]
+        assert f"FINISHED   {dev:.4f}   {test:.4f}  {child.info.run_id}" in proc.stdout, proc.stdout
 
     # The same command with n_trials=3 continues the same study and parent run: n_trials is the
     # total of completed trials, so one more trial runs, not three.
@@ -79,7 +83,6 @@ def test_optuna_search_trials_are_child_runs_and_a_rerun_continues_the_study(tmp
     child = children[0]
     cfg = compose([*args, f"optim.lr={child.data.params['optim.lr']}",
                    f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}"])
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     assert run(cfg) == best_dev_f1(client, child)
     assert len(runs(tmp_path, "search")[2]) == 3  # nothing trained again
 
