@@ -33,7 +33,7 @@ def check_trials_are_child_runs(cwd, n: int):
     assert parent.info.status == "FINISHED"
     study = the_study(cwd)
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(study.trials) == len(trials) == n
+    assert len(trials) == n
     by_lr = {float(c.data.params["optim.lr"]): c for c in children}
     assert len(by_lr) == n
     for trial in trials:
@@ -51,10 +51,8 @@ def check_trials_are_child_runs(cwd, n: int):
 
 def test_optuna_search_trials_are_child_runs_and_a_rerun_continues_the_study(tmp_path, mini_conll):
     args = [*SEARCH, f"dataset.data_dir={mini_conll}"]
-    # Seeded samplers make the test repeatable; each command needs its own seed, or the rerun's
-    # first sample would repeat the first command's (conf/hydra/sweeper/optuna.yaml).
-    seed = "hydra.sweeper.optuna_config.sampler.seed="
-    proc = sweep(tmp_path, *args, "hydra.sweeper.optuna_config.n_trials=2", seed + "1")
+    # A seeded sampler makes the test repeatable (the preset's is unseeded: conf/hydra/sweeper/optuna.yaml).
+    proc = sweep(tmp_path, *args, "hydra.sweeper.optuna_config.n_trials=2", "hydra.sweeper.optuna_config.sampler.seed=1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 finished, 0 skipped, 0 failed" in proc.stdout
     study, parent, first = check_trials_are_child_runs(tmp_path, 2)
@@ -63,13 +61,21 @@ def test_optuna_search_trials_are_child_runs_and_a_rerun_continues_the_study(tmp
         dev, test = best_dev_f1(client, child), child.data.metrics["test_f1"]
         assert f"FINISHED   {dev:.4f}   {test:.4f}  {child.info.run_id}" in proc.stdout, proc.stdout
 
+    # A killed command leaves its trial RUNNING in the study, with the parameters it was given.
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    study.enqueue_trial({"optim.lr": 0.0123})
+    interrupted = study.ask({"optim.lr": lr})
+
     # The same command with n_trials=3 continues the same study and parent run: n_trials is the
-    # total of completed trials, so one more trial runs, not three.
-    again = sweep(tmp_path, *args, "hydra.sweeper.optuna_config.n_trials=3", seed + "2")
+    # total of completed trials, so one more trial runs, not three, and it is the interrupted one
+    # again (same config, so its run would resume from its checkpoint).
+    again = sweep(tmp_path, *args, "hydra.sweeper.optuna_config.n_trials=3")
     assert again.returncode == 0, again.stderr[-4000:]
     assert "1 finished, 0 skipped, 0 failed" in again.stdout
     study3, parent3, children = check_trials_are_child_runs(tmp_path, 3)
     assert study3.study_name == study.study_name and parent3.info.run_id == parent.info.run_id
+    assert study3.trials[interrupted.number].state == optuna.trial.TrialState.FAIL
+    assert study3.trials[-1].params == {"optim.lr": 0.0123} and study3.trials[-1].value is not None
 
     # Once n_trials have completed, the same command runs nothing.
     done = sweep(tmp_path, *args, "hydra.sweeper.optuna_config.n_trials=3")
