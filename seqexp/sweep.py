@@ -36,6 +36,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from seqexp import tracking
+from seqexp.config_errors import ConfigError
 
 log = logging.getLogger("seqexp.sweep")
 
@@ -55,9 +56,52 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def optuna_storage(tracking_uri: str) -> str:
+    """The Optuna study's database beside the MLflow sqlite store (mlruns.db -> mlruns-optuna.db).
+
+    Never the MLflow database itself: both keep their schema version in an ``alembic_version`` table.
+    Other tracking URIs (a server): ./optuna.db.
+    """
+    uri = tracking.resolve_uri(tracking_uri)
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return tracking.resolve_uri("sqlite:///optuna.db")
+    path = Path(uri[len("sqlite:///"):])
+    suffix = path.suffix or ".db"
+    return f"sqlite:///{path.with_name(path.stem + '-optuna' + suffix)}"
+
+
+# conf/hydra/sweeper/optuna.yaml interpolates it; Hydra instantiates this module's callback first.
+OmegaConf.register_new_resolver("seqexp.optuna_storage", optuna_storage, replace=True)
+
+
+def search_space(config: DictConfig) -> dict[str, str]:
+    """What an Optuna sweeper searches: its params, then the command line's sweep overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.optuna_config.params")
+    if params is None:
+        return {}
+    space = {str(k): str(v) for k, v in params.items()}
+    for override in OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task]):
+        if override.is_sweep_override():
+            space[override.get_key_element()] = override.input_line
+    return space
+
+
+def check_tuned(config: DictConfig) -> None:
+    """Optuna may search only keys the study declares as tuned; the rest are compared, cell by cell."""
+    tuned = set(config.get("tuned") or [])
+    untuned = [k for k in search_space(config) if k.lstrip("+~") not in tuned]
+    if untuned:
+        raise ConfigError(
+            f"`tuned`: the Optuna search space (hydra.sweeper.optuna_config.params and sweep overrides) "
+            f"has {', '.join(untuned)}, which `tuned` ({sorted(tuned)}) does not list; list the "
+            "hyperparameters to tune there, and run one study per compared value (e.g. model=...)")
+
+
 def _sweep_id(config: DictConfig) -> str:
     overrides = sorted(str(o) for o in config.hydra.overrides.task)
-    params = config.hydra.sweeper.get("params")
+    params = config.hydra.sweeper.get("params") or OmegaConf.select(config, "hydra.sweeper.optuna_config.params")
     params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
     key = json.dumps([config.tracking.experiment, overrides, params], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -96,6 +140,7 @@ class Outcome:
     run_id: str
     test_f1: float | None = None
     error: str = ""
+    dev_f1: float | None = None  # best dev F1: what a search optimizes
 
     def save(self) -> None:
         info = SweepInfo.for_current_job()
@@ -158,6 +203,7 @@ class SweepCallback(Callback):
             sys.exit(2)
 
     def _open_sweep(self, config: DictConfig) -> None:
+        check_tuned(config)
         uri = tracking.resolve_uri(config.tracking.uri)
         tracking.check_reachable(uri)
         client = tracking.client(uri)  # creates and migrates a fresh sqlite DB, once
@@ -202,10 +248,10 @@ def summary_table(outcomes: list[Outcome], info: SweepInfo) -> str:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
     width = max([len(o.name) for o in outcomes] + [3])
     lines = [f"\nsweep {info.sweep_id} ({info.experiment}, parent run {info.parent_run_id})",
-             f"{'run':<{width}}  {'status':<8}  {'test_f1':>7}  run id / error"]
+             f"{'run':<{width}}  {'status':<8}  {'dev_f1':>7}  {'test_f1':>7}  run id / error"]
     for o in outcomes:
-        f1 = f"{o.test_f1:.4f}" if o.test_f1 is not None else "-"
+        dev, f1 = (f"{v:.4f}" if v is not None else "-" for v in (o.dev_f1, o.test_f1))
         detail = o.error if len(o.error) <= 100 else o.error[:97] + "..."
-        lines.append(f"{o.name:<{width}}  {o.status:<8}  {f1:>7}  {detail or o.run_id}")
+        lines.append(f"{o.name:<{width}}  {o.status:<8}  {dev:>7}  {f1:>7}  {detail or o.run_id}")
     lines.append(", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     return "\n".join(lines)
