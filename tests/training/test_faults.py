@@ -163,8 +163,8 @@ def test_interruptible_turns_both_signals_into_interrupted(signum):
 def test_max_time_stops_training_in_time_and_the_run_still_tests(store, experiment, mini_conll):
     from seqexp.run import run
 
-    cfg = config(store, experiment, mini_conll, **{"trainer.max_epochs": "100000", "trainer.max_time": "00:00:00:03", "trainer.early_stopping": "false",
-                                          "freeze": "last"})
+    cfg = config(store, experiment, mini_conll, **{"trainer.max_epochs": "100000", "trainer.max_time": "00:00:00:03",
+                                                   "trainer.early_stopping": "false", "freeze": "last"})
     started = time.monotonic()
     f1 = run(cfg)
     elapsed = time.monotonic() - started
