@@ -35,7 +35,7 @@ FIRST_TAGS = {  # the train file's first three tags: the configured column is th
     "msra": ("O", "O", "O"), "ud_ewt": ("PROPN", "PUNCT", "PROPN"), "wikiann_en": ("B-ORG", "I-ORG", "O"),
 }
 SCHEMA_KEYS = ["name", "task", "format", "scheme", "strict", "data_dir", "source", "hub_id", "files", "columns",
-               "separator", "docstart", "token_prefix", "encoding", "max_train_sentences"]
+               "separator", "docstart", "token_prefix", "encoding", "max_train_sentences", "max_dev_sentences"]
 
 
 def dataset_cfg(name: str, **overrides) -> DictConfig:
@@ -90,6 +90,9 @@ def test_max_train_sentences_keeps_the_first_n(tmp_path: Path) -> None:
     small = load_splits(dataset_cfg("wnut17", data_dir=folder, max_train_sentences=100), tmp_path)
     assert small["train"] == full["train"][:100]
     assert small["dev"] == full["dev"] and small["test"] == full["test"]
+    quick = load_splits(dataset_cfg("wnut17", data_dir=folder, max_dev_sentences=50), tmp_path)
+    assert quick["dev"] == full["dev"][:50]
+    assert quick["train"] == full["train"] and quick["test"] == full["test"]  # test is always whole
 
 
 def test_relative_data_dir_is_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,6 +205,7 @@ def test_missing_label_column_is_a_config_error(tmp_path: Path, newline: str) ->
     ({"token_prefix": "(en:"}, "dataset.token_prefix", "regular expression"),
     ({"encoding": "utf-99"}, "dataset.encoding", "unknown encoding"),
     ({"max_train_sentences": 0}, "dataset.max_train_sentences", "positive"),
+    ({"max_dev_sentences": -5}, "dataset.max_dev_sentences", "positive"),
     ({"strict": "yes"}, "dataset.strict", "true or false"),
 ])
 def test_validation_errors_name_the_key(overrides: dict, key: str, fragment: str) -> None:
