@@ -267,6 +267,30 @@ class RunTracker:
         # Writes the server has not taken yet (seqexp/tracking_buffer.py); None: tracking.outage_wait_s.
         self.outage_wait_s = outage_wait_s
         self.outbox = Outbox(self.uri, experiment)
+        self._stop_beat: threading.Event | None = None
+
+    def heartbeat(self, every_s: float) -> None:
+        """Refresh the run's ``seqexp.heartbeat`` tag every ``every_s`` s until the run ends: a claim on
+        its config fingerprint that other hosts see alive (``seqexp.sweep.stale``). Its own client, off
+        the outbox: a beat the server misses is simply the next one's job."""
+        stop = self._stop_beat = threading.Event()
+        run_id, beat_client = self.run_id, client(self.uri)
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                try:
+                    beat_client.set_tag(run_id, "seqexp.heartbeat", f"{time.time():.0f}")
+                except Exception:  # noqa: BLE001 -- an outage or a busy database: try at the next beat
+                    pass
+
+        threading.Thread(target=beat, name="seqexp-heartbeat", daemon=True).start()
+
+    def release(self) -> str | None:
+        """Stop tracking the run without ending it (another process owns it); returns its id."""
+        if self._stop_beat is not None:
+            self._stop_beat.set()
+        run_id, self.run_id = self.run_id, None
+        return run_id
 
     def start(self, cfg: DictConfig, name: str, axes: Mapping[str, str], tags: Mapping[str, str] | None = None,
               resume_run_id: str | None = None) -> str:
@@ -318,6 +342,8 @@ class RunTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._stop_beat is not None:
+            self._stop_beat.set()
         if self.run_id is None:
             return False
         wait = OUTAGE_WAIT_S if self.outage_wait_s is None else self.outage_wait_s
