@@ -320,3 +320,47 @@ def test_outage_wait_is_validated_and_an_unreachable_uri_stops_before_torch(tmp_
     message, heavy = proc.stdout.strip().splitlines()[-2:]
     assert message.startswith(f"`tracking.uri`: MLflow server {url} is unreachable"), proc.stdout + proc.stderr
     assert heavy == "[]"
+
+
+def test_rerun_after_the_server_stayed_down_delivers_the_saved_writes_first(tmp_path, mini_conll, server):
+    """Issue 11.3: rerunning the command (as the Resume section says) used to resume the run from its
+    checkpoint and end it FINISHED without the learning curves waiting in seqexp-undelivered/."""
+    epochs = 4
+    work = tmp_path / "work"
+    server.ensure_up()
+    proc = start_run(work, mini_conll, server.url, epochs, "tracking.outage_wait_s=3")
+    try:
+        run_id = wait_for("first epoch metric on the server", lambda: first_epoch_logged(server.url, tmp_path.name),
+                          timeout=300, proc=proc)
+        assert proc.poll() is None, "the run ended before the server could be stopped"
+        server.stop()
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (work / "stderr.txt").read_text()[-3000:]
+    saved = (work / "seqexp-undelivered" / f"{run_id}.json").resolve()
+    assert saved.is_file()
+    checkpoints = list((work / "checkpoints").glob("*/last.ckpt"))
+    assert len(checkpoints) == 1  # kept for resume while the run is not FINISHED
+
+    server.start()
+    rerun = start_run(work, mini_conll, server.url, epochs, "tracking.outage_wait_s=3")
+    rerun.wait(timeout=400)
+    out = (work / "stdout.txt").read_text() + (work / "stderr.txt").read_text()
+    assert rerun.returncode == 0, out[-3000:]
+    assert f"left writes in {saved} while the tracking server was down: delivering them first" in out
+    assert f"already FINISHED as run {run_id}" in out
+    assert_complete(server.url, run_id, epochs)  # every per-epoch metric once at each step
+    client = MlflowClient(server.url)
+    assert len(client.get_metric_history(run_id, "test_f1")) == 1
+    assert len(client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])) == 1
+    assert not saved.exists() and saved.with_name(saved.name + ".delivered").exists()
+    assert not checkpoints[0].exists()
+
+    # A later replay of the same writes adds nothing.
+    again = subprocess.run([sys.executable, "-m", "seqexp.tracking", "replay", str(saved.with_name(saved.name + ".delivered"))],
+                           cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_complete(server.url, run_id, epochs)
+    assert len(client.get_metric_history(run_id, "test_f1")) == 1
