@@ -364,3 +364,57 @@ def test_rerun_after_the_server_stayed_down_delivers_the_saved_writes_first(tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert_complete(server.url, run_id, epochs)
     assert len(client.get_metric_history(run_id, "test_f1")) == 1
+
+
+
+def test_a_claim_on_a_server_store_loses_to_an_earlier_concurrent_claim(tmp_path, server, monkeypatch):
+    """Issue 11.2 without a lock: every claimant creates its RUNNING run, then the earliest live one wins.
+    A second claimant's run, started a millisecond earlier, appears while this one settles: this one
+    deletes its run and names the other; alone, it keeps its claim."""
+    import threading
+
+    from seqexp import sweep
+    from seqexp.sweep import claim_job, fingerprint
+    from seqexp.tracking import RunTracker
+
+    monkeypatch.setattr(sweep, "CLAIM_SETTLE_S", 5.0)  # room for the other claimant on a busy machine
+    server.ensure_up()
+    cfg = compose(["model=tiny-bert", f"tracking.uri={server.url}", f"tracking.experiment={tmp_path.name}"])
+    fp = fingerprint(cfg)
+    tags = {"seqexp.fingerprint": fp, "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid())}
+    client = MlflowClient(server.url)
+    competitor: dict = {}
+
+    def other_claimant() -> None:  # sees this process's run appear, then creates its own, earlier-started
+        deadline = time.time() + 60
+        while time.time() < deadline and not competitor:
+            exp = client.get_experiment_by_name(tmp_path.name)
+            mine = client.search_runs([exp.experiment_id]) if exp else []
+            if mine:
+                run = client.create_run(exp.experiment_id, start_time=mine[0].info.start_time - 1,
+                                        run_name="other", tags=tags)
+                competitor["run_id"] = run.info.run_id
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=other_claimant)
+    thread.start()
+    tracker = RunTracker(server.url, tmp_path.name)
+    claim = claim_job(cfg, tracker, fp, "mine", {"model": "tiny-bert"}, tags)
+    thread.join()
+    assert claim.holder is not None and claim.holder.info.run_id == competitor["run_id"]
+    assert tracker.run_id is None
+    exp = client.get_experiment_by_name(tmp_path.name)
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [competitor["run_id"]]
+
+    # Alone (the other claim ended), a claim holds.
+    client.set_terminated(competitor["run_id"], "FINISHED")
+    again = RunTracker(server.url, tmp_path.name)
+    claim = claim_job(cfg, again, fp, "mine", {"model": "tiny-bert"}, tags)
+    assert claim.done is not None  # the other one FINISHED it: nothing to train
+    rerun = compose(["model=tiny-bert", f"tracking.uri={server.url}", f"tracking.experiment={tmp_path.name}",
+                     "rerun=true"])
+    claim = claim_job(rerun, again, fp, "mine", {"model": "tiny-bert"}, tags)
+    assert claim.holder is None and again.run_id is not None
+    with again:
+        pass
+    assert client.get_run(again.run_id).info.status == "FINISHED"
