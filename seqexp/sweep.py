@@ -1,8 +1,8 @@
 """Sweeps: one MLflow parent run per sweep, a child run per job, skip what is done.
 
 Hydra calls ``SweepCallback`` around a ``-m`` multirun (registered in
-``conf/config.yaml``). Before any job starts it creates the tracking database
-(parallel jobs race on a fresh sqlite file), the experiment and the parent run,
+``conf/config.yaml``). Before any job starts it opens the tracking database
+(a sqlite store is created under its file lock, see ``seqexp.tracking.client``), the experiment and the parent run,
 and hands them to the jobs through the ``SEQEXP_SWEEP`` environment variable,
 which every launcher's worker processes inherit. Every job writes its outcome
 into the sweep's outcome folder; at the end the callback prints a summary
