@@ -14,7 +14,7 @@ from tests.conftest import compose
 
 def test_replay_skips_what_the_run_holds_and_removes_a_finished_runs_checkpoint(tmp_path, monkeypatch):
     from seqexp.tracking import RunTracker
-    from seqexp.tracking_buffer import Outbox, metrics_op, params_op, replay, terminate_op
+    from seqexp.tracking_buffer import Outbox, params_op, replay, terminate_op
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
