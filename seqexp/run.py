@@ -281,7 +281,7 @@ def run(cfg: DictConfig) -> float | None:
     """Validate, skip if already done, then train and test inside one MLflow run. Returns best dev F1."""
     from seqexp import gc_startup
     from seqexp.config import validate
-    from seqexp.sweep import Outcome, find_previous, fingerprint, job_tags
+    from seqexp.sweep import Outcome, claim_job, claimed_by, fingerprint, job_tags
     from seqexp.tracking import AXES, RunTracker, run_name
     from seqexp.training.stopping import interruptible
 
@@ -296,26 +296,26 @@ def run(cfg: DictConfig) -> float | None:
     name = cfg.tracking.run_name or run_name(choices, overrides, cfg.seed)
     fp = fingerprint(cfg)
     tracker = RunTracker(cfg.tracking.uri, cfg.tracking.experiment)
-    resume = None
-    if not cfg.rerun:
-        from seqexp.tracking import client
+    if cfg.trainer.checkpoint_every_n_steps is not None:
+        from seqexp.training.checkpoints import checkpoint_path
 
-        mlflow_client = client(tracker.uri)
-        previous = find_previous(mlflow_client, cfg.tracking.experiment, tracker.uri, fp)
-        if previous is not None:
-            f1 = previous.data.metrics.get("test_f1")
-            log.info("%s: already FINISHED as run %s (test_f1 %s); skipping (rerun=true forces it)",
-                     name, previous.info.run_id, f1)
-            dev_f1 = best_dev_f1(previous.data.metrics, previous.info.run_id, tracker.uri)
-            Outcome(name, "SKIPPED", previous.info.run_id, f1, dev_f1=dev_f1).save()
-            return dev_f1
-        from seqexp.training.checkpoints import resume_point
-
-        resume = resume_point(cfg, mlflow_client, fp)  # an interrupted run with a checkpoint continues
+        tracker.outbox.checkpoint = str(checkpoint_path(cfg, fp))  # a replay that ends the run removes it
     try:
         with tracker, interruptible():  # Ctrl-C and SIGTERM: the run ends KILLED
-            tracker.start(cfg, name, axes, tags=job_tags(cfg, fp, overrides),
-                          resume_run_id=resume.run_id if resume is not None else None)
+            # Done already, or being trained by another process: skip. Else this process owns the job.
+            claim = claim_job(cfg, tracker, fp, name, axes, job_tags(cfg, fp, overrides))
+            if claim.done is not None:
+                f1 = claim.done.data.metrics.get("test_f1")
+                log.info("%s: already FINISHED as run %s (test_f1 %s); skipping (rerun=true forces it)",
+                         name, claim.done.info.run_id, f1)
+                dev_f1 = best_dev_f1(claim.done.data.metrics, claim.done.info.run_id, tracker.uri)
+                Outcome(name, "SKIPPED", claim.done.info.run_id, f1, dev_f1=dev_f1).save()
+                return dev_f1
+            if claim.holder is not None:
+                log.info("%s: %s; skipping", name, claimed_by(claim.holder))
+                Outcome(name, "SKIPPED", claim.holder.info.run_id, error=claimed_by(claim.holder)).save()
+                return None
+            resume = claim.resume
             if resume is not None:
                 log.info("resuming run %s (%s) from step %d (saved in epoch %d): %s",
                          name, resume.run_id, resume.global_step, resume.epoch + 1, resume.path)

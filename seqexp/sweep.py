@@ -1,8 +1,8 @@
 """Sweeps: one MLflow parent run per sweep, a child run per job, skip what is done.
 
 Hydra calls ``SweepCallback`` around a ``-m`` multirun (registered in
-``conf/config.yaml``). Before any job starts it creates the tracking database
-(parallel jobs race on a fresh sqlite file), the experiment and the parent run,
+``conf/config.yaml``). Before any job starts it opens the tracking database
+(a sqlite store is created under its file lock, see ``seqexp.tracking.client``), the experiment and the parent run,
 and hands them to the jobs through the ``SEQEXP_SWEEP`` environment variable,
 which every launcher's worker processes inherit. Every job writes its outcome
 into the sweep's outcome folder; at the end the callback prints a summary
@@ -14,6 +14,17 @@ config fingerprint already has a FINISHED run is skipped (``rerun=true``
 forces it). A RUNNING run whose process is gone is marked KILLED; a KILLED or
 FAILED run that left a checkpoint continues in the same MLflow run
 (``seqexp.training.checkpoints``), any other is redone.
+
+Claims (``claim_job``): a job claims its fingerprint before it trains, so identical
+sweeps started together train each job once and never share a checkpoint. The claim
+is the job's RUNNING run, tagged with the fingerprint, host, pid, a claim token and a
+heartbeat that the run refreshes while it trains. With a sqlite store the look-up and
+the creation happen under the store's file lock; with a server the run is created,
+and after ``CLAIM_SETTLE_S`` the earliest live claim wins (losers delete their run).
+A job whose fingerprint is claimed by a live run is SKIPPED, naming that run. A claim
+is stale, and is marked KILLED and taken over, when its process is dead (same host)
+or its heartbeat is older than ``LEASE_S`` (another host). Writes a run saved in
+``seqexp-undelivered/<run id>.json`` while the server was down are delivered first.
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -149,26 +162,129 @@ class Outcome:
             out.write_text(json.dumps(asdict(self)))
 
 
-def find_previous(client, experiment: str, uri: str, fp: str):
-    """The newest FINISHED run with this fingerprint; dead RUNNING ones are marked KILLED."""
+# A claim from another host whose heartbeat is older than this is stale; the run beats every HEARTBEAT_S.
+LEASE_S = 600.0
+HEARTBEAT_S = 60.0
+# Server stores: how long a new claim waits before it checks that it is the earliest.
+CLAIM_SETTLE_S = 1.0
+
+
+def stale(run, now: float | None = None) -> str | None:
+    """Why a RUNNING run no longer holds its claim (dead process, lapsed lease), or None while it does."""
+    tags = run.data.tags
+    pid = int(tags.get("seqexp.pid", "0") or 0)
+    host = tags.get("seqexp.host")
+    if host == socket.gethostname():
+        return f"process {pid} died while the run was RUNNING" if pid and not _pid_alive(pid) else None
+    beat = tags.get("seqexp.heartbeat")
+    try:
+        age = (now or time.time()) - float(beat) if beat else None
+    except ValueError:
+        age = None
+    if age is not None and age > LEASE_S:
+        return f"no heartbeat from process {pid} on {host} for {age:.0f} s (lease {LEASE_S:.0f} s)"
+    return None
+
+
+def _runs_of(client, experiment: str, fp: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`seqexp.fingerprint` = '{fp}'",
-                              order_by=["attributes.start_time DESC"])
+        return []
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`seqexp.fingerprint` = '{fp}'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def find_previous(client, experiment: str, uri: str, fp: str):
+    """The newest FINISHED run with this fingerprint; stale RUNNING ones (see ``stale``) are marked KILLED."""
+    runs = _runs_of(client, experiment, fp)
     for run in runs:
-        if run.info.status == "RUNNING":
-            tags = run.data.tags
-            pid = int(tags.get("seqexp.pid", "0") or 0)
-            if tags.get("seqexp.host") == socket.gethostname() and pid and not _pid_alive(pid):
-                log.warning("run %s (%s) was left RUNNING by dead process %d: marking it KILLED",
-                            run.info.run_name, run.info.run_id, pid)
-                client.set_tag(run.info.run_id, "error", f"process {pid} died while the run was RUNNING")
-                client.set_terminated(run.info.run_id, "KILLED")
+        why = stale(run) if run.info.status == "RUNNING" else None
+        if why is not None:
+            log.warning("run %s (%s): %s: marking it KILLED", run.info.run_name, run.info.run_id, why)
+            client.set_tag(run.info.run_id, "error", why)
+            client.set_terminated(run.info.run_id, "KILLED")
     for run in runs:
         if run.info.status == "FINISHED":
             return run
     return None
+
+
+def _live_claims(client, experiment: str, fp: str) -> list:
+    """RUNNING runs of this fingerprint whose process lives, the earliest claim first."""
+    live = [r for r in _runs_of(client, experiment, fp) if r.info.status == "RUNNING" and stale(r) is None]
+    return sorted(live, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def deliver_undelivered(client, cfg: DictConfig, fp: str, uri: str) -> None:
+    """Writes of this fingerprint's ended runs that wait in ``seqexp-undelivered/<run id>.json`` go first.
+
+    Without this, rerunning after an outage resumed the run from its checkpoint and left its
+    learning curves in the file. A run whose file held its end is FINISHED afterwards (and
+    its checkpoint removed), so the job is then skipped.
+    """
+    from seqexp.tracking_buffer import UNDELIVERED_DIR, replay
+
+    for run in _runs_of(client, cfg.tracking.experiment, fp):
+        saved = Path.cwd() / UNDELIVERED_DIR / f"{run.info.run_id}.json"
+        if not saved.is_file() or (run.info.status == "RUNNING" and stale(run) is None):
+            continue
+        log.warning("run %s (%s) left writes in %s while the tracking server was down: delivering them first",
+                    run.info.run_name, run.info.run_id, saved)
+        try:
+            count, done = replay(saved, uri)
+        except Exception as exc:  # noqa: BLE001 -- the job goes on; the file stays for a later replay
+            log.error("could not deliver %s (%s: %s); they are still waiting: python -m seqexp.tracking "
+                      "replay %s", saved, type(exc).__name__, exc, saved)
+            continue
+        log.warning("delivered %d writes of run %s; the file is now %s", count, run.info.run_id, done)
+
+
+@dataclass
+class Claim:
+    """What ``claim_job`` found: a FINISHED run (skip), a live claim by another process (skip), or
+    nothing in the way, in which case the tracker's run is open (``resume``: the checkpoint it continues)."""
+
+    done: Any = None
+    holder: Any = None
+    resume: Any = None
+
+
+def claim_job(cfg: DictConfig, tracker, fp: str, name: str, axes: dict[str, str], tags: dict[str, str]) -> Claim:
+    """Claim ``fp`` for this process and open its MLflow run, unless it is done or claimed by a live run."""
+    from seqexp.training.checkpoints import resume_point
+
+    uri, experiment = tracker.uri, cfg.tracking.experiment
+    client = tracking.client(uri)
+    token = uuid.uuid4().hex
+    tags = {**tags, "seqexp.claim": token, "seqexp.heartbeat": f"{time.time():.0f}"}
+    with tracking.store_lock(uri):  # sqlite: look-up and creation are one step for every process
+        deliver_undelivered(client, cfg, fp, uri)
+        previous = find_previous(client, experiment, uri, fp)
+        if previous is not None and not cfg.rerun:
+            return Claim(done=previous)
+        live = _live_claims(client, experiment, fp)
+        if live:
+            return Claim(holder=live[0])
+        resume = resume_point(cfg, client, fp) if not cfg.rerun else None
+        tracker.start(cfg, name, axes, tags=tags, resume_run_id=resume.run_id if resume is not None else None)
+        tracker.heartbeat(HEARTBEAT_S)
+    if tracking.sqlite_path(uri) is not None:
+        return Claim(resume=resume)
+    # A server store has no lock: every claimant created (or reopened) a run; the earliest one wins.
+    time.sleep(CLAIM_SETTLE_S)
+    live = _live_claims(client, experiment, fp)
+    winner = live[0] if live else None
+    if winner is not None and winner.info.run_id == tracker.run_id and winner.data.tags.get("seqexp.claim") == token:
+        return Claim(resume=resume)
+    lost = tracker.release()
+    if resume is None:
+        client.delete_run(lost)
+    return Claim(holder=winner)
+
+
+def claimed_by(run) -> str:
+    tags = run.data.tags
+    return f"being trained by run {run.info.run_id} (pid {tags.get('seqexp.pid', '?')} on {tags.get('seqexp.host', '?')})"
 
 
 def end_interrupted_sweep() -> None:
@@ -209,6 +325,14 @@ class SweepCallback(Callback):
         client = tracking.client(uri)  # creates and migrates a fresh sqlite DB, once
         exp_id = tracking.experiment_id(client, config.tracking.experiment, uri)
         sweep_id = _sweep_id(config)
+        with tracking.store_lock(uri):  # identical sweeps started together share one parent run
+            parent = self._parent_run(client, config, exp_id, sweep_id, uri)
+        outcome_dir = Path(tempfile.mkdtemp(prefix=f"seqexp-sweep-{sweep_id}-"))
+        self.info = SweepInfo(sweep_id, parent, uri, config.tracking.experiment, str(outcome_dir))
+        os.environ[SWEEP_ENV] = json.dumps(asdict(self.info))
+
+    @staticmethod
+    def _parent_run(client, config: DictConfig, exp_id: str, sweep_id: str, uri: str) -> str:
         found = client.search_runs([exp_id], filter_string=f"tags.`seqexp.sweep_id` = '{sweep_id}' "
                                    "and tags.`seqexp.role` = 'sweep'")
         if found:
@@ -224,9 +348,7 @@ class SweepCallback(Callback):
             })
             parent = run.info.run_id
             log.info("sweep %s: parent run %s in %s", sweep_id, parent, uri)
-        outcome_dir = Path(tempfile.mkdtemp(prefix=f"seqexp-sweep-{sweep_id}-"))
-        self.info = SweepInfo(sweep_id, parent, uri, config.tracking.experiment, str(outcome_dir))
-        os.environ[SWEEP_ENV] = json.dumps(asdict(self.info))
+        return parent
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         info = self.info

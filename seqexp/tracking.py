@@ -8,17 +8,26 @@ A server lost mid-run does not stop training: the run's writes are buffered and
 retried, flushed for up to ``tracking.outage_wait_s`` seconds at the end, and
 saved to a local JSON file if the server stays down (``python -m seqexp.tracking
 replay FILE`` delivers it later). The details are in ``seqexp/tracking_buffer.py``.
+
+A sqlite store is created and migrated under an exclusive lock on ``<db>.lock`` beside
+the database (``store_lock``), so any number of processes may open a fresh store at
+once; its schema is checked afterwards. The same lock makes a job's claim of its
+config fingerprint atomic (``seqexp/sweep.py``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import subprocess
 import sys
+import threading
+import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +47,83 @@ OUTAGE_WAIT_S = 120.0
 log = logging.getLogger("seqexp.tracking")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the current directory), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().resolve()
+
+
+def _in_working_tree(path: Path) -> bool:
+    return path.is_relative_to(Path.cwd().resolve())
+
+
 def resolve_uri(uri: str) -> str:
-    """Absolute sqlite paths (relative ones are relative to the current directory)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    """Absolute sqlite paths (relative ones are relative to the current directory).
+
+    A relative path inside the working directory may name a folder that does not exist yet:
+    it is created (and logged). Any other missing folder is the user's to create
+    (``check_reachable`` says so before anything runs).
+    """
+    path = sqlite_path(uri)
+    if path is None or uri.startswith("sqlite:////"):
+        return uri
+    if not path.parent.exists() and _in_working_tree(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
-    return uri
+        log.info("created folder %s for the MLflow store", path.parent)
+    return f"sqlite:///{path}"
+
+
+# The pip package that provides a DB-API module SQLAlchemy imports (where the names differ).
+_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                    "pymysql": "PyMySQL", "pymssql": "pymssql", "pyodbc": "pyodbc", "oracledb": "oracledb",
+                    "cx_Oracle": "cx_Oracle", "_sqlite3": "pysqlite3"}
+
+
+def check_driver(uri: str) -> None:
+    """A database URI whose DB-API driver is not installed: one line naming the package to install.
+
+    SQLAlchemy decides which module a URI needs (``postgresql://`` means psycopg in SQLAlchemy
+    2.1, ``postgresql+psycopg2://`` psycopg2, ``mysql://`` mysqlclient, ``mssql://`` pyodbc),
+    so its dialect is asked; nothing of torch is imported.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(f"`tracking.uri`: {uri!r} is not a database URI SQLAlchemy knows ({exc})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = exc.name or str(exc)
+        package = _DRIVER_PACKAGES.get(module, module)
+        raise ConfigError(
+            f"`tracking.uri`: {url.drivername}:// needs the Python module {module!r}, which is not installed; "
+            f"install it with: pip install '{package}'"
+        ) from None
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer."""
+    """Fail fast, naming the URI, when a tracking server does not answer or a database cannot be opened."""
     if not uri.startswith(("http://", "https://")):
         if not uri.startswith(("sqlite:", "postgresql", "mysql", "mssql", "databricks")):
             raise ConfigError(
                 f"`tracking.uri`: {uri!r} is not a supported MLflow store "
                 "(use sqlite:///path.db or http://host:port)"
             )
+        path = sqlite_path(uri)
+        if path is not None and not path.parent.is_dir() and (uri.startswith("sqlite:////")
+                                                             or not _in_working_tree(path)):
+            raise ConfigError(f"`tracking.uri`: folder {path.parent} for the MLflow store does not exist; "
+                              f"create it (mkdir -p {path.parent}) or choose another path")
+        if not uri.startswith("databricks"):
+            check_driver(uri)
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
@@ -64,10 +133,62 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"`tracking.uri`: MLflow server {uri} is unreachable ({exc})") from None
 
 
+# -- one store, safe across processes ----------------------------------------------------------------
+_lock_guard = threading.RLock()
+_held: dict[Path, list] = {}  # lock file -> [open file, depth]: re-entrant within the process
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """sqlite: an exclusive ``fcntl.flock`` on ``<db>.lock`` beside the database, re-entrant in this
+    process; other stores: nothing (their server serializes writes)."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    with _lock_guard:
+        entry = _held.get(lock)
+        if entry is None:
+            handle = open(lock, "a")  # noqa: SIM115 -- kept open while held
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            entry = _held[lock] = [handle, 0]
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[lock]
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+                entry[0].close()
+
+
+_ready: set[str] = set()  # store URIs created and checked by this process
+
+
+class StoreError(ConfigError):
+    """The tracking store exists but cannot be used (an unfinished migration, another schema)."""
+
+
 def client(uri: str):
+    """An MlflowClient on ``uri``. A sqlite store is created (and migrated) under its lock, since
+    building the client builds the store, and is checked to answer at MLflow's schema."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if uri in _ready or sqlite_path(uri) is None:
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(uri):
+        for name in ("alembic", "mlflow.store.db.utils"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            mlflow_client = MlflowClient(tracking_uri=uri)  # creates, migrates and checks the schema
+            mlflow_client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 -- what MLflow says is the message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"`tracking.uri`: the MLflow store {uri} cannot be used: {first}") from None
+    _ready.add(uri)
+    return mlflow_client
 
 
 def artifact_root(uri: str) -> str | None:
@@ -78,17 +199,19 @@ def artifact_root(uri: str) -> str | None:
 
 
 def experiment_id(mlflow_client, name: str, uri: str) -> str:
-    """The experiment's id, created on first use (safe when several jobs race)."""
+    """The experiment's id, created on first use (safe when several processes race: sqlite under
+    the store's lock; any store: another process's experiment of that name is taken)."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_root(uri))
-    except Exception:
-        found = mlflow_client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    with store_lock(uri):
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=artifact_root(uri))
+        except Exception:
+            found = mlflow_client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
 def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:
@@ -144,6 +267,30 @@ class RunTracker:
         # Writes the server has not taken yet (seqexp/tracking_buffer.py); None: tracking.outage_wait_s.
         self.outage_wait_s = outage_wait_s
         self.outbox = Outbox(self.uri, experiment)
+        self._stop_beat: threading.Event | None = None
+
+    def heartbeat(self, every_s: float) -> None:
+        """Refresh the run's ``seqexp.heartbeat`` tag every ``every_s`` s until the run ends: a claim on
+        its config fingerprint that other hosts see alive (``seqexp.sweep.stale``). Its own client, off
+        the outbox: a beat the server misses is simply the next one's job."""
+        stop = self._stop_beat = threading.Event()
+        run_id, beat_client = self.run_id, client(self.uri)
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                try:
+                    beat_client.set_tag(run_id, "seqexp.heartbeat", f"{time.time():.0f}")
+                except Exception:  # noqa: BLE001 -- an outage or a busy database: try at the next beat
+                    pass
+
+        threading.Thread(target=beat, name="seqexp-heartbeat", daemon=True).start()
+
+    def release(self) -> str | None:
+        """Stop tracking the run without ending it (another process owns it); returns its id."""
+        if self._stop_beat is not None:
+            self._stop_beat.set()
+        run_id, self.run_id = self.run_id, None
+        return run_id
 
     def start(self, cfg: DictConfig, name: str, axes: Mapping[str, str], tags: Mapping[str, str] | None = None,
               resume_run_id: str | None = None) -> str:
@@ -195,6 +342,8 @@ class RunTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._stop_beat is not None:
+            self._stop_beat.set()
         if self.run_id is None:
             return False
         wait = OUTAGE_WAIT_S if self.outage_wait_s is None else self.outage_wait_s

@@ -15,8 +15,12 @@
   FINISHED (or FAILED / KILLED) with every write at its original step and timestamp.
 * **Still down:** the undelivered writes are saved to ``./seqexp-undelivered/<run id>.json``
   and the run fails with one line naming the URI, the count and the file (exit status 2).
-  ``python -m seqexp.tracking replay FILE [--uri URI]`` delivers them later. Replaying is
-  idempotent: MLflow ignores a metric, param or tag it already holds with the same value.
+  ``python -m seqexp.tracking replay FILE [--uri URI]`` delivers them later; rerunning the same
+  command delivers them too, before the run resumes (``seqexp.sweep.deliver_undelivered``).
+* **Replaying is idempotent:** a metric the run already holds at that step is not written again
+  (a resumed run may have logged it anew, at another timestamp), a param already set is left
+  alone, and the final status is not applied to a run that already ended FINISHED. A replay that
+  ends the run FINISHED removes its resume checkpoint.
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ class Outbox:
         self.pending: list[dict[str, Any]] = []
         self.down_since: float | None = None  # monotonic time of the last failed attempt, while down
         self.late = 0  # writes delivered after waiting for the server, in the current outage
+        self.checkpoint: str | None = None  # the run's resume checkpoint, saved with the writes
 
     def send(self, op: dict[str, Any]) -> None:
         """Queue ``op`` and deliver the queue, unless the server failed moments ago."""
@@ -228,11 +233,45 @@ class Outbox:
         path = (path or Path.cwd() / UNDELIVERED_DIR / f"{self.run_id}.json").resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "uri": self.uri, "experiment": self.experiment, "run_id": self.run_id,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "writes": self.pending}
+                "checkpoint": self.checkpoint, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "writes": self.pending}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+
+def not_yet_delivered(client, run_id: str, writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``writes`` less what the run already holds: metrics at a step it has for that key, params it
+    has, and a final status once the run ended FINISHED. seqexp logs each metric once per step."""
+    run = client.get_run(run_id)
+    keys = {key for w in writes if w["op"] == "metrics" for key, *_ in w["metrics"]}
+    have = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys if key in run.data.metrics}
+    out = []
+    for w in writes:
+        if w["op"] == "metrics":
+            w = {**w, "metrics": [m for m in w["metrics"] if m[3] not in have.get(m[0], ())]}
+            if not w["metrics"]:
+                continue
+        elif w["op"] == "params":
+            w = {**w, "params": {k: v for k, v in w["params"].items() if k not in run.data.params}}
+            if not w["params"]:
+                continue
+        elif w["op"] == "terminate" and run.info.status == "FINISHED":
+            continue
+        out.append(w)
+    return out
+
+
+def _remove_checkpoint_of(client, run_id: str, checkpoint: str | None) -> None:
+    """A run that ended FINISHED needs its resume checkpoint no more (as after an uninterrupted run)."""
+    if not checkpoint or not Path(checkpoint).is_file() or client.get_run(run_id).info.status != "FINISHED":
+        return
+    from seqexp.training.checkpoints import read_saved_state, remove_checkpoint
+
+    saved = read_saved_state(Path(checkpoint))
+    if saved is not None and saved.run_id == run_id:
+        remove_checkpoint(Path(checkpoint))
+        log.info("run %s is FINISHED: removed its checkpoint %s", run_id, checkpoint)
 
 
 def replay(path: Path, uri: str | None = None) -> tuple[int, Path]:
@@ -244,9 +283,13 @@ def replay(path: Path, uri: str | None = None) -> tuple[int, Path]:
         raise ValueError(f"{path}: not a file of undelivered seqexp writes (format {data.get('format')!r})")
     box = Outbox(resolve_uri(uri or data["uri"]), data.get("experiment", ""))
     box.client, box.run_id, box.pending = client(box.uri), data["run_id"], list(data["writes"])
+    box.checkpoint = data.get("checkpoint")
     total = len(box.pending)
     try:
         with fail_fast():
+            box.pending = not_yet_delivered(box.client, box.run_id, box.pending)
+            if len(box.pending) < total:
+                log.info("%d of %d saved writes are already in run %s", total - len(box.pending), total, box.run_id)
             while box.pending:
                 apply(box.client, box.run_id, box.pending[0])  # on any error the write stays in the file
                 box.pending.pop(0)
@@ -260,6 +303,7 @@ def replay(path: Path, uri: str | None = None) -> tuple[int, Path]:
     finally:
         if box.pending and len(box.pending) < total:
             box.save(path)  # keep only what is still undelivered
+    _remove_checkpoint_of(box.client, box.run_id, box.checkpoint)
     done = path.with_name(path.name + ".delivered")
     os.replace(path, done)
     return total, done

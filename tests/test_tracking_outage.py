@@ -320,3 +320,101 @@ def test_outage_wait_is_validated_and_an_unreachable_uri_stops_before_torch(tmp_
     message, heavy = proc.stdout.strip().splitlines()[-2:]
     assert message.startswith(f"`tracking.uri`: MLflow server {url} is unreachable"), proc.stdout + proc.stderr
     assert heavy == "[]"
+
+
+def test_rerun_after_the_server_stayed_down_delivers_the_saved_writes_first(tmp_path, mini_conll, server):
+    """Issue 11.3: rerunning the command (as the Resume section says) used to resume the run from its
+    checkpoint and end it FINISHED without the learning curves waiting in seqexp-undelivered/."""
+    epochs = 4
+    work = tmp_path / "work"
+    server.ensure_up()
+    proc = start_run(work, mini_conll, server.url, epochs, "tracking.outage_wait_s=3")
+    try:
+        run_id = wait_for("first epoch metric on the server", lambda: first_epoch_logged(server.url, tmp_path.name),
+                          timeout=300, proc=proc)
+        assert proc.poll() is None, "the run ended before the server could be stopped"
+        server.stop()
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (work / "stderr.txt").read_text()[-3000:]
+    saved = (work / "seqexp-undelivered" / f"{run_id}.json").resolve()
+    assert saved.is_file()
+    checkpoints = list((work / "checkpoints").glob("*/last.ckpt"))
+    assert len(checkpoints) == 1  # kept for resume while the run is not FINISHED
+
+    server.start()
+    rerun = start_run(work, mini_conll, server.url, epochs, "tracking.outage_wait_s=3")
+    rerun.wait(timeout=400)
+    out = (work / "stdout.txt").read_text() + (work / "stderr.txt").read_text()
+    assert rerun.returncode == 0, out[-3000:]
+    assert f"left writes in {saved} while the tracking server was down: delivering them first" in out
+    assert f"already FINISHED as run {run_id}" in out
+    assert_complete(server.url, run_id, epochs)  # every per-epoch metric once at each step
+    client = MlflowClient(server.url)
+    assert len(client.get_metric_history(run_id, "test_f1")) == 1
+    assert len(client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])) == 1
+    assert not saved.exists() and saved.with_name(saved.name + ".delivered").exists()
+    assert not checkpoints[0].exists()
+
+    # A later replay of the same writes adds nothing.
+    again = subprocess.run([sys.executable, "-m", "seqexp.tracking", "replay", str(saved.with_name(saved.name + ".delivered"))],
+                           cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_complete(server.url, run_id, epochs)
+    assert len(client.get_metric_history(run_id, "test_f1")) == 1
+
+
+
+def test_a_claim_on_a_server_store_loses_to_an_earlier_concurrent_claim(tmp_path, server, monkeypatch):
+    """Issue 11.2 without a lock: every claimant creates its RUNNING run, then the earliest live one wins.
+    A second claimant's run, started a millisecond earlier, appears while this one settles: this one
+    deletes its run and names the other; alone, it keeps its claim."""
+    import threading
+
+    from seqexp import sweep
+    from seqexp.sweep import claim_job, fingerprint
+    from seqexp.tracking import RunTracker
+
+    monkeypatch.setattr(sweep, "CLAIM_SETTLE_S", 5.0)  # room for the other claimant on a busy machine
+    server.ensure_up()
+    cfg = compose(["model=tiny-bert", f"tracking.uri={server.url}", f"tracking.experiment={tmp_path.name}"])
+    fp = fingerprint(cfg)
+    tags = {"seqexp.fingerprint": fp, "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid())}
+    client = MlflowClient(server.url)
+    competitor: dict = {}
+
+    def other_claimant() -> None:  # sees this process's run appear, then creates its own, earlier-started
+        deadline = time.time() + 60
+        while time.time() < deadline and not competitor:
+            exp = client.get_experiment_by_name(tmp_path.name)
+            mine = client.search_runs([exp.experiment_id]) if exp else []
+            if mine:
+                run = client.create_run(exp.experiment_id, start_time=mine[0].info.start_time - 1,
+                                        run_name="other", tags=tags)
+                competitor["run_id"] = run.info.run_id
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=other_claimant)
+    thread.start()
+    tracker = RunTracker(server.url, tmp_path.name)
+    claim = claim_job(cfg, tracker, fp, "mine", {"model": "tiny-bert"}, tags)
+    thread.join()
+    assert claim.holder is not None and claim.holder.info.run_id == competitor["run_id"]
+    assert tracker.run_id is None
+    exp = client.get_experiment_by_name(tmp_path.name)
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [competitor["run_id"]]
+
+    # Alone (the other claim ended), a claim holds.
+    client.set_terminated(competitor["run_id"], "FINISHED")
+    again = RunTracker(server.url, tmp_path.name)
+    claim = claim_job(cfg, again, fp, "mine", {"model": "tiny-bert"}, tags)
+    assert claim.done is not None  # the other one FINISHED it: nothing to train
+    rerun = compose(["model=tiny-bert", f"tracking.uri={server.url}", f"tracking.experiment={tmp_path.name}",
+                     "rerun=true"])
+    claim = claim_job(rerun, again, fp, "mine", {"model": "tiny-bert"}, tags)
+    assert claim.holder is None and again.run_id is not None
+    with again:
+        pass
+    assert client.get_run(again.run_id).info.status == "FINISHED"

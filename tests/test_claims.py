@@ -1,0 +1,100 @@
+"""Claims: a job claims its config fingerprint before it trains, so identical jobs started together
+train once (issue 11.2). Real sqlite MLflow stores, real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, compose
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+FAST = ["model=tiny-bert", "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.num_threads=1",
+        "dataset.max_train_sentences=48"]
+
+
+def _claim(tmp_path: Path, mini_conll: Path, tags: dict[str, str]):
+    """A RUNNING run of the job's fingerprint with ``tags``, then ``claim_job`` for the same job."""
+    from seqexp import tracking
+    from seqexp.sweep import claim_job, fingerprint
+    from seqexp.tracking import RunTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = compose([*FAST, f"dataset.data_dir={mini_conll}", f"tracking.uri={uri}"])
+    fp = fingerprint(cfg)
+    client = tracking.client(uri)
+    exp = tracking.experiment_id(client, "seqexp", uri)
+    other = client.create_run(exp, run_name="other", tags={"seqexp.fingerprint": fp, **tags})
+    tracker = RunTracker(uri, "seqexp")
+    claim = claim_job(cfg, tracker, fp, "mine", {"model": "tiny-bert"}, {"seqexp.fingerprint": fp,
+                      "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid())})
+    return client, other.info.run_id, tracker, claim
+
+
+def test_a_live_claim_makes_the_job_skip_without_a_run(tmp_path, mini_conll):
+    me = {"seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid())}
+    client, other, tracker, claim = _claim(tmp_path, mini_conll, me)
+    assert claim.holder is not None and claim.holder.info.run_id == other
+    assert claim.done is None and tracker.run_id is None
+    assert [r.info.run_id for r in client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])] == [other]
+
+
+def test_a_fresh_heartbeat_from_another_host_holds_the_claim(tmp_path, mini_conll):
+    tags = {"seqexp.host": "elsewhere", "seqexp.pid": "1", "seqexp.heartbeat": f"{time.time() - 60:.0f}"}
+    _, other, tracker, claim = _claim(tmp_path, mini_conll, tags)
+    assert claim.holder is not None and claim.holder.info.run_id == other and tracker.run_id is None
+
+
+def test_stale_claims_are_marked_killed_and_taken_over(tmp_path, mini_conll):
+    from seqexp.sweep import LEASE_S
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for case, (tags, why) in enumerate((({"seqexp.host": socket.gethostname(), "seqexp.pid": str(dead.pid)},
+                       f"process {dead.pid} died while the run was RUNNING"),
+                      ({"seqexp.host": "elsewhere", "seqexp.pid": "7", "seqexp.heartbeat": f"{time.time() - 2 * LEASE_S:.0f}"},
+                       "no heartbeat from process 7 on elsewhere for"))):
+        work = tmp_path / str(case)
+        work.mkdir()
+        client, other, tracker, claim = _claim(work, mini_conll, tags)
+        assert claim.holder is None and claim.done is None and tracker.run_id is not None
+        old = client.get_run(other)
+        assert old.info.status == "KILLED" and old.data.tags["error"].startswith(why)
+        mine = client.get_run(tracker.run_id)
+        assert mine.info.status == "RUNNING" and len(mine.data.tags["seqexp.claim"]) == 32
+        with tracker:
+            pass
+        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_two_identical_unfreeze_runs_at_once_train_once_and_never_share_the_checkpoint(tmp_path, mini_conll):
+    """Both processes start together on an existing store; before claims both trained (two FINISHED
+    runs of one fingerprint, both writing <fingerprint>/last.ckpt)."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    MlflowClient(uri).search_experiments()  # an existing store
+    # Long enough (4 epochs of 150 sentences) that the two overlap however their imports are staggered.
+    args = [sys.executable, "-m", "seqexp.run", *FAST, "freeze=unfreeze", f"dataset.data_dir={mini_conll}",
+            "trainer.max_epochs=4", "dataset.max_train_sentences=150",
+            f"tracking.uri={uri}", "trainer.checkpoint_every_n_steps=1"]
+    procs = []
+    for i in (1, 2):
+        log = open(tmp_path / f"run{i}.log", "w")  # noqa: SIM115 -- closed with the process
+        procs.append(subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT))
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, [(tmp_path / f"run{i}.log").read_text()[-3000:] for i in (1, 2)]
+    logs = [(tmp_path / f"run{i}.log").read_text() for i in (1, 2)]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
+    (winner,) = runs
+    trained = [log for log in logs if "checkpoints: " in log]
+    skipped = [log for log in logs if f"being trained by run {winner.info.run_id}" in log]
+    assert len(trained) == 1 and len(skipped) == 1, logs
+    assert "MLflow run" not in skipped[0]
+    assert not (tmp_path / "checkpoints" / winner.data.tags["seqexp.fingerprint"]).exists()

@@ -1,0 +1,101 @@
+"""The tracking store itself: created safely by concurrent processes, drivers and folders checked up front."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+# Each process waits for the go file, then opens the store and creates the experiment, as a sweep does.
+OPEN_STORE = """
+import sys, time
+from pathlib import Path
+go, uri = Path(sys.argv[1]), sys.argv[2]
+from seqexp import tracking
+while not go.exists():
+    time.sleep(0.01)
+c = tracking.client(uri)
+print(tracking.experiment_id(c, "race", uri))
+print(len(c.search_experiments()))
+"""
+
+
+def test_concurrent_processes_create_one_usable_fresh_sqlite_store(tmp_path):
+    """Issue 11.1: several processes opening a fresh sqlite store at once used to race through MLflow's
+    migrations ("table experiments already exists", a half-migrated DB). Under the store lock each
+    waits for the first, and every one sees the same experiment in a store at MLflow's schema."""
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+    from sqlalchemy import create_engine
+
+    db = tmp_path / "fresh" / "c.db"
+    db.parent.mkdir()
+    uri = f"sqlite:///{db}"
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, str(go), uri], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
+    time.sleep(8)  # all of them past their imports, polling for the go file
+    go.touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    ids = {out.split()[0] for out, _ in results}
+    assert len(ids) == 1, results
+    engine = create_engine(uri)
+    assert _get_schema_version(engine) == _get_latest_schema_revision()
+    assert (tmp_path / "fresh" / "c.db.lock").exists()
+
+
+CHECK_URIS = """
+import sys
+from tests.conftest import compose
+from seqexp.config import validate
+for uri in sys.argv[2:]:
+    try:
+        validate(compose(['model=tiny-bert', 'dataset.data_dir=' + sys.argv[1], 'tracking.uri=' + uri]))
+        print('accepted')
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+print(sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))
+"""
+
+
+def test_missing_db_driver_and_missing_sqlite_folder_are_one_line_before_torch(tmp_path, mini_conll):
+    """Issue 11.6 and 11.11: a database URI without its driver named the package only in a traceback
+    after 40 s of imports; an absolute sqlite path silently created its folder."""
+    missing = tmp_path / "nonexistent" / "dir"
+    uris = ["postgresql://u@127.0.0.1/db", "postgresql+psycopg2://u@127.0.0.1/db", "mysql+pymysql://u@127.0.0.1/db",
+            "mssql://u@127.0.0.1/db", f"sqlite:///{missing}/x.db", f"sqlite:///{tmp_path}/x.db", "sqlite:///sub/x.db"]
+    proc = subprocess.run([sys.executable, "-c", CHECK_URIS, str(mini_conll), *uris], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(uris) + 1, proc.stdout + proc.stderr
+    pg, pg2, my, ms, nodir, ok, relative, heavy = lines
+    assert pg.startswith("ConfigError `tracking.uri`: postgresql:// needs the Python module 'psycopg'"), pg
+    assert pg.endswith("pip install 'psycopg[binary]'"), pg
+    assert "'psycopg2'" in pg2 and pg2.endswith("pip install 'psycopg2-binary'"), pg2
+    assert "'pymysql'" in my and my.endswith("pip install 'PyMySQL'"), my
+    assert "'pyodbc'" in ms and ms.endswith("pip install 'pyodbc'"), ms
+    assert nodir == (f"ConfigError `tracking.uri`: folder {missing} for the MLflow store does not exist; "
+                     f"create it (mkdir -p {missing}) or choose another path"), nodir
+    assert not missing.exists() and not missing.parent.exists()
+    assert ok == "accepted" and relative == "accepted"
+    assert heavy == "[]"
+
+
+def test_relative_sqlite_path_in_the_working_tree_gets_its_folder(tmp_path, monkeypatch, caplog):
+    from seqexp.tracking import resolve_uri
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO", logger="seqexp.tracking"):
+        uri = resolve_uri("sqlite:///stores/a/x.db")
+    assert uri == f"sqlite:///{tmp_path.resolve()}/stores/a/x.db"
+    assert (tmp_path / "stores" / "a").is_dir()
+    assert f"created folder {tmp_path.resolve()}/stores/a for the MLflow store" in caplog.text
+    assert resolve_uri("sqlite:////no/such/dir/x.db") == "sqlite:////no/such/dir/x.db"
+    assert not Path("/no/such/dir").exists()
