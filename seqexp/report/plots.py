@@ -30,6 +30,21 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str, empty: str, legend_size: int, legend_loc: str,
+            integer_x: bool = False) -> None:
+    """Labels, grid, and a legend, or ``empty`` in the middle when nothing was drawn."""
+    ax.set_xlabel(xlabel)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size, loc=legend_loc)
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, format="png")
@@ -51,15 +66,8 @@ def learning_curves(configs: Sequence[Config], histories: Mapping[str, list[tupl
         steps = sorted(per_step)
         ys = [100 * sum(per_step[s]) / len(per_step[s]) for s in steps]
         ax.plot([s + 1 for s in steps], ys, marker="o", color=color, label=f"{config.label} (n={len(config.runs)})")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{metric} ×100 (mean over seeds)")
-    ax.set_title("Validation learning curves")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    else:
-        ax.text(0.5, 0.5, f"no {metric} history logged", ha="center", va="center", transform=ax.transAxes)
+    _finish(ax, "epoch", f"{metric} ×100 (mean over seeds)", "Validation learning curves",
+            f"no {metric} history logged", 7, "best", integer_x=True)
     return _save(fig, path)
 
 
@@ -125,14 +133,8 @@ def cost_quality(configs: Sequence[Config], path: Path) -> Path:
     if times and max(times) / min(times) > 20:
         ax.set_xscale("log")
     ax.margins(x=0.2, y=0.1)  # room for the labels of the extreme points
-    ax.set_xlabel("train time, s (mean over seeds)")
-    ax.set_ylabel("test F1 ×100 (mean over seeds)")
-    ax.set_title("Cost / quality: test F1 against train time")
-    ax.grid(alpha=0.3)
-    if kept:
-        ax.legend(fontsize=8, loc="lower right")
-    else:
-        ax.text(0.5, 0.5, "no train_time_s logged", ha="center", va="center", transform=ax.transAxes)
+    _finish(ax, "train time, s (mean over seeds)", "test F1 ×100 (mean over seeds)",
+            "Cost / quality: test F1 against train time", "no train_time_s logged", 8, "lower right")
     return _save(fig, path)
 
 
@@ -148,13 +150,7 @@ def expected_validation(cells: Sequence[Cell], path: Path) -> Path:
         ys = [100 * expected_max(vals, n) for n in ns]
         ax.plot(ns, ys, color=color, label=f"{cell.label} ({len(vals)} candidate{'s' if len(vals) != 1 else ''})")
         ax.scatter([len(vals)], [ys[len(vals) - 1]], color=color, zorder=3)
-    ax.set_xlabel("candidates tried (n)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("expected best dev F1 ×100")
-    ax.set_title("Expected validation performance (dot: candidates actually tried)")
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=7, loc="lower right")
-    else:
-        ax.text(0.5, 0.5, "no dev scores", ha="center", va="center", transform=ax.transAxes)
+    _finish(ax, "candidates tried (n)", "expected best dev F1 ×100",
+            "Expected validation performance (dot: candidates actually tried)", "no dev scores", 7, "lower right",
+            integer_x=True)
     return _save(fig, path)
