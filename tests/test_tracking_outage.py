@@ -108,7 +108,7 @@ def server(tmp_path_factory):
 def start_run(work: Path, mini_conll: Path, url: str, epochs: int, *extra: str) -> subprocess.Popen:
     work.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "seqexp.run", "model=tiny-bert", f"dataset.data_dir={mini_conll}",
-           f"trainer.max_epochs={epochs}", "trainer.num_threads=1", f"tracking.uri={url}",
+           f"trainer.max_epochs={epochs}", "trainer.early_stopping=false", "trainer.num_threads=1", f"tracking.uri={url}",
            f"tracking.experiment={work.parent.name}", *extra]
     return subprocess.Popen(cmd, cwd=work, env=ENV, stdout=open(work / "stdout.txt", "w"),
                             stderr=open(work / "stderr.txt", "w"))
