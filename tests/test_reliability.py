@@ -89,13 +89,13 @@ def check_store(work: Path, experiment: str, epochs: int, killed_ok: bool = Fals
 
 
 def report_counts(work: Path, target: str) -> tuple[int, int, str]:
-    """(finished runs, configurations, seeds each) as ``python -m seqexp.report`` states them."""
+    """(finished runs, cells, seeds each) as ``python -m seqexp.report`` states them."""
     proc = subprocess.run([sys.executable, "-m", "seqexp.report", target, "--uri", f"sqlite:///{work / 'mlruns.db'}",
                            "--out", str(work / "report" / target), "--bootstrap", "0"],
                           cwd=work, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (work / "report" / target / "report.md").read_text()
-    match = re.search(r"(\d+) finished runs? of .* in (\d+) configurations? \(([\d/]+) seeds? each\)", text)
+    match = re.search(r"(\d+) finished runs? of .* in (\d+) cells? \((?:.*the pick of each, )?([\d/]+) seeds? each\)", text)
     assert match, text[:2000]
     return int(match.group(1)), int(match.group(2)), match.group(3)
 
