@@ -181,21 +181,29 @@ def frozen_fingerprint(module: torch.nn.Module, keys: set[str]) -> str:
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` straight into the file.
+    """``torch.save`` straight into the file, atomically: every checkpoint (``last.ckpt``, and the
+    best dev weights ``best.ckpt``) is written to a temporary name, flushed to disk and renamed,
+    so a kill at any moment leaves the previous file whole; a full disk is one line.
 
     Lightning's own writer serializes the whole checkpoint into an in-memory buffer first and
     then copies it out. Full fine-tuning of MiniLM (weights + AdamW state, 271 MB), 300
     sentences, 1 epoch: peak RSS 1,844 MB with Lightning's writer, 1,643 MB with this one,
-    1,612 MB without checkpoints. Atomicity is :meth:`LastCheckpoint.save`'s job (temporary
-    name, fsync, rename), so nothing is lost.
+    1,612 MB without checkpoints.
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            torch.save(checkpoint, f)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with guarded_write(tmp, path, "checkpoint", fix="set `trainer.checkpoint_dir` to a folder on another "
+                           "disk (or `trainer.checkpoint_every_n_steps=null`: no checkpoints)"):
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
 
 
 class LastCheckpoint(Checkpoint):
@@ -233,14 +241,7 @@ class LastCheckpoint(Checkpoint):
 
     def save(self, trainer: L.Trainer) -> None:
         started = time.perf_counter()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with guarded_write(tmp, self.path, "checkpoint", fix="set `trainer.checkpoint_dir` to a folder on another "
-                           "disk (or `trainer.checkpoint_every_n_steps=null`: no checkpoints)"):
-            trainer.save_checkpoint(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+        trainer.save_checkpoint(self.path)  # atomic: StreamingCheckpointIO
         self._last_saved_step = trainer.global_step
         self.save_seconds.append(time.perf_counter() - started)
         log.debug("checkpoint at step %d: %s (%.2fs)", trainer.global_step, self.path, self.save_seconds[-1])
