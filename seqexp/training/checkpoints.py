@@ -130,9 +130,11 @@ def resume_point(cfg, mlflow_client, fingerprint: str) -> SavedState | None:
 
 
 def remove_checkpoint(path: Path) -> None:
-    """Delete a finished run's checkpoint, its best-dev weights, and its folder when empty."""
+    """Delete a finished run's checkpoint, its best-dev weights, any torn temporary file, and the folder."""
     path.unlink(missing_ok=True)
     (path.parent / BEST).unlink(missing_ok=True)
+    for torn in path.parent.glob(".*.ckpt.*.tmp"):  # a killed process's half-written checkpoint
+        torn.unlink(missing_ok=True)
     try:
         path.parent.rmdir()
     except OSError:
