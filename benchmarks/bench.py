@@ -215,8 +215,9 @@ def side_seqexp(spec: dict, head_only: bool, seed: int | None = None, extra=()) 
     import seqexp.data.sources  # noqa: F401
     import seqexp.models.encoders  # noqa: F401
     import seqexp.models.tagger  # noqa: F401
-    import seqexp.training.freeze  # noqa: F401
-    from seqexp.run import build, make_trainer, quiet_libraries
+    import seqexp.strategies  # noqa: F401
+    from seqexp.pipeline import build, make_trainer
+    from seqexp.run import quiet_libraries
 
     quiet_libraries()
     overrides = seqexp_overrides(spec, head_only=head_only, seed=seed, extra=extra)

@@ -99,7 +99,7 @@ def throughput(hidden: int, layers: int, heads: int, lengths: list[int], *, bf16
 
 
 def end_to_end(data: Path, precision: str, compile: bool) -> dict:
-    from seqexp.run import build, make_trainer
+    from seqexp.pipeline import build, make_trainer
     from tests.conftest import compose
 
     cfg = compose(["model=tiny-bert", f"dataset.data_dir={data}", "trainer.max_epochs=2",

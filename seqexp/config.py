@@ -10,16 +10,15 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 from seqexp.data.sources import validate_dataset_cfg
-from seqexp.models.encoders import check_files, encoder_depth
+from seqexp.models import ALIGNMENTS
+from seqexp.models.encoders import check_files
+from seqexp.strategies import from_config as strategy_from_config
 from seqexp.tracking import check_reachable
 from seqexp.training import faults
-from seqexp.training.freeze import STRATEGIES
 from seqexp.training.optim import OPTIMIZERS, SCHEDULES
 
-# How a word's vector is made from its subwords' states (top-level key `alignment`).
-ALIGNMENTS = ("first", "last", "mean")
 # The seeds Lightning's seed_everything (and numpy) accept.
 SEED_RANGE = (0, 2**32 - 1)
 
@@ -134,14 +133,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"`scheduler.warmup_ratio`: must be in [0, 1), got {cfg.scheduler.warmup_ratio}")
     _one_of(cfg.alignment, "alignment", ALIGNMENTS)
     check_files(cfg.model)
-    _one_of(cfg.freeze.strategy, "freeze.strategy", STRATEGIES)
-    if cfg.freeze.strategy == "top_k":
-        k = cfg.freeze.top_k
-        if not isinstance(k, int) or k < 0:
-            raise ConfigError(f"`freeze.top_k`: must be a whole number >= 0, got {k!r}")
-        depth = encoder_depth(cfg.model)
-        if depth is not None and k > depth:
-            raise ConfigError(f"`freeze.top_k`: {k} is larger than the depth of `model={cfg.model.name}` ({depth} layers)")
+    strategy = strategy_from_config(cfg.freeze)
+    strategy.check(cfg)
     _max_time(cfg.trainer.get("max_time"))
     _one_of(cfg.trainer.get("feature_cache_dtype"), "trainer.feature_cache_dtype", (None, "float16", "bfloat16", "float32"))
     every = cfg.trainer.get("val_every_n_epochs", 1)

@@ -23,19 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from seqexp.errors import DiskFullError  # noqa: F401  (defined with every user error)
+
 __all__ = ["DiskFullError", "guarded_write", "is_disk_full"]
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Free bytes below which a failed write is taken for a full disk: a few file-system blocks.
 NEARLY_FULL = 1 << 20
-
-
-class DiskFullError(OSError):
-    """No space left in a folder seqexp writes to; the message names it and says what to change."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.errno = errno.ENOSPC
 
 
 def _free(folder: Path) -> int | None:

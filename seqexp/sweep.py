@@ -49,7 +49,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from seqexp import tracking
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 
 log = logging.getLogger("seqexp.sweep")
 

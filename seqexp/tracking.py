@@ -33,7 +33,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import StoreError  # noqa: F401  (defined with every user error)
+from seqexp.errors import ConfigError
 from seqexp.tracking_buffer import (KILLED_WAIT_S, Outbox, TrackingUnavailableError, metrics_op, params_op,
                                     tags_op, terminate_op, text_op)
 
@@ -165,10 +166,6 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 _ready: set[str] = set()  # store URIs created and checked by this process
-
-
-class StoreError(ConfigError):
-    """The tracking store exists but cannot be used (an unfinished migration, another schema)."""
 
 
 def client(uri: str):

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from seqexp.errors import TrackingUnavailableError  # noqa: F401  (defined with every user error)
 
 log = logging.getLogger("seqexp.tracking")
 
@@ -50,10 +51,6 @@ FAIL_FAST = {
 _TRANSIENT_HTTP = {429, 502, 503, 504}
 FORMAT = "seqexp-undelivered-writes/1"
 UNDELIVERED_DIR = "seqexp-undelivered"
-
-
-class TrackingUnavailableError(RuntimeError):
-    """The tracking server stayed unreachable; the writes it missed were saved to a local file."""
 
 
 @contextmanager

@@ -165,7 +165,8 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
 
 
 def test_strict_scheme_error_stops_before_the_encoder_with_one_line(tmp_path: Path) -> None:
-    from seqexp.run import USER_ERRORS, build
+    from seqexp.errors import USER_ERRORS
+    from seqexp.pipeline import build
 
     folder = tmp_path / "strict"
     folder.mkdir()
@@ -185,7 +186,8 @@ def test_strict_scheme_error_stops_before_the_encoder_with_one_line(tmp_path: Pa
 @pytest.mark.parametrize("strict", ["true", "false"])
 def test_tag_without_type_stops_before_the_encoder_with_file_and_line(tmp_path: Path, strict: str) -> None:
     """`EU NNP B-NP B-` trained a whole epoch, then crashed the first validation with a traceback."""
-    from seqexp.run import USER_ERRORS, build
+    from seqexp.errors import USER_ERRORS
+    from seqexp.pipeline import build
 
     folder = tmp_path / "chunks"
     folder.mkdir()

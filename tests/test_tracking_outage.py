@@ -302,7 +302,7 @@ def test_invalid_write_is_raised_not_buffered(tmp_path):
 
 def test_outage_wait_is_validated_and_an_unreachable_uri_stops_before_torch(tmp_path, mini_conll):
     from seqexp.config import validate
-    from seqexp.config_errors import ConfigError
+    from seqexp.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"`tracking.outage_wait_s`: must be a number of seconds >= 0"):
         validate(compose(tiny_overrides(**{"dataset.data_dir": str(mini_conll), "tracking.outage_wait_s": "-1"})))

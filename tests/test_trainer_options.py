@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from seqexp.run import build, make_trainer
+from seqexp.pipeline import build, make_trainer
 from tests.conftest import compose
 
 

@@ -93,10 +93,11 @@ class Collator:
     batch on CPU, as much as a head-only training step itself.
     """
 
-    def __init__(self, pad_id: int, windows: Sequence[Window], features=None):
+    def __init__(self, pad_id: int, windows: Sequence[Window], features=None, with_inputs: bool = False):
         self.pad_id = pad_id
         self.windows = windows
         self.features = features
+        self.with_inputs = with_inputs or features is None  # both: a strategy whose encoder trains later
         self._packed: _PackedWindows | None = None
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -115,13 +116,13 @@ class Collator:
             "sentence": packed.sentence[idx],
             "first_word": packed.first_word[idx],
         }
-        if self.features is None:
+        if self.with_inputs:
             input_ids = packed.pad("input_ids", indices, self.pad_id)
             batch["input_ids"] = input_ids
             batch["attention_mask"] = (torch.arange(input_ids.size(1))[None, :] < packed.tokens[idx][:, None]).long()
             batch["word_starts"] = packed.pad("word_starts", indices, 0)
             batch["word_ends"] = packed.pad("word_ends", indices, 1)
-        else:
+        if self.features is not None:
             features = pad_sequence([self.features.window(i) for i in indices], batch_first=True)
             batch["features"] = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
         return batch
@@ -173,6 +174,7 @@ class TaggingDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.windows: dict[str, list[Window]] = {}
         self.features: dict[str, object] = {}
+        self.with_inputs: set[str] = set()  # splits served with both features and encoder inputs
         self.split_counts: dict[str, int] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._resume_train: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
@@ -205,13 +207,17 @@ class TaggingDataModule(L.LightningDataModule):
                 log.info("%s: %d sentences longer than %d subwords were split into windows",
                          name, self.split_counts[name], self.max_length)
 
-    def use_features(self, split: str, provider) -> None:
+    def use_features(self, split: str, provider, with_inputs: bool = False) -> None:
         """Serve this split's batches with a frozen encoder's word features.
 
         ``provider()`` computes or loads them; it is called when the split is first
         needed, so e.g. the test split is encoded only when testing starts.
+        ``with_inputs``: the batches also carry the encoder's inputs, for a strategy whose
+        encoder is frozen only in some phases (the Tagger picks what the phase allows).
         """
         self.features[split] = provider
+        if with_inputs:
+            self.with_inputs.add(split)
 
     def split_features(self, split: str):
         provider = self.features.get(split)
@@ -232,7 +238,7 @@ class TaggingDataModule(L.LightningDataModule):
         features = functools.partial(self.split_features, split) if split in self.features else None
         if features is not None and self.num_workers:
             features = features()  # once, here: not once per worker process
-        collate = Collator(self.pad_id, windows, features)
+        collate = Collator(self.pad_id, windows, features, with_inputs=split in self.with_inputs)
         # Its own generator: creating an iterator then never draws from torch's global RNG, which
         # dropout alone uses, so a resumed run draws the same dropout masks as an uninterrupted one.
         return DataLoader(range(len(windows)), batch_sampler=sampler, collate_fn=collate,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqexp.errors import DataFileMissingError  # noqa: F401  (defined with every user error)
 from seqexp.data.schemes import first_bad_tag
 from seqexp.data.sentences import DataFormatError, Sentence
 
@@ -65,10 +66,6 @@ _BOMS = (  # UTF-32-LE first: its mark starts with the UTF-16-LE one
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 _UD_SKIPPED_ID = re.compile(r"\d+-\d+|\d+\.\d+")
-
-
-class DataFileMissingError(DataFormatError, FileNotFoundError):
-    """A data file the config points at does not exist (catchable as either parent)."""
 
 
 def _wide(encoding: str) -> bool:

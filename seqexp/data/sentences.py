@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
-class DataFormatError(ValueError):
-    """Bad input data. The message always starts with ``path:line:``."""
+from seqexp.errors import DataFormatError  # noqa: F401  (defined with every user error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import DataSourceError  # noqa: F401  (defined with every user error)
+from seqexp.errors import ConfigError
 from seqexp.data.readers import SEPARATORS, UD_FIELDS, first_token_line, read_conll, read_conllu
 from seqexp.data.schemes import SCHEMES, Repairs, normalize, scoring_scheme, validate_scheme_name
 from seqexp.data.sentences import Sentence
@@ -72,10 +73,6 @@ _LOCAL_HINT = (
     "to use local files instead, set `dataset.data_dir=/path/to/folder` and "
     "`dataset.files.train=...` (and `dataset.files.dev=...`, `dataset.files.test=...`)"
 )
-
-
-class DataSourceError(RuntimeError):
-    """No configured source could provide the dataset; the message says how to point at local files."""
 
 
 # ---------------------------------------------------------------- validation

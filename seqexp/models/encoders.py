@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from seqexp.errors import EncoderUnavailableError  # noqa: F401  (defined with every user error)
 from seqexp.data.sentences import Sentence
 
 if TYPE_CHECKING:  # transformers takes seconds to import; config validation must not pay for it
@@ -61,10 +62,6 @@ OFFLINE_CHOICES = (
     "(small random encoders built from the training data), or "
     "`model.source=local model.path=/dir` for a directory written by save_pretrained."
 )
-
-
-class EncoderUnavailableError(RuntimeError):
-    """The configured encoder cannot be obtained here (not cached and no hub, missing package, ...)."""
 
 
 @dataclass

@@ -19,19 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqexp.config import ALIGNMENTS
+from seqexp.errors import NonFiniteLossError
 from seqexp.metrics import evaluate
+from seqexp.models import ALIGNMENTS
 from seqexp.models.heads import TaggingHead
-from seqexp.training.freeze import FreezePlan
-from seqexp.training.optim import build_optimizer, build_scheduler
+from seqexp.strategies import Strategy
+from seqexp.training.optim import add_param_groups, build_optimizer, build_scheduler, param_groups, set_base_lrs
 
 log = logging.getLogger("seqexp")
 
 MetricSink = Callable[[dict[str, float], int], None]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 def pool_words(hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, how: str) -> torch.Tensor:
@@ -50,25 +47,39 @@ def pool_words(hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, h
 
 
 class Tagger(L.LightningModule):
+    """``strategy`` (``seqexp.strategies``) says which parameters train in which phase; the Tagger applies
+    it the same way for every strategy. ``encoder`` is what runs (maybe ``torch.compile``'d);
+    ``base_encoder`` the module the strategy prepared, whose parameter names it speaks of."""
+
     def __init__(self, encoder: nn.Module, head: TaggingHead, labels: list[str], *,
-                 alignment: str, optim_cfg, scheduler_cfg, freeze: FreezePlan,
+                 strategy: Strategy, alignment: str, optim_cfg, scheduler_cfg,
                  scoring_scheme: str | None, gold: dict[str, list[list[str]]],
-                 metric_sink: MetricSink | None = None, lr_scale: float = 1.0):
+                 metric_sink: MetricSink | None = None, mixer: nn.Module | None = None,
+                 base_encoder: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
+        self.mixer = mixer
         self.head = head
         self.labels = labels
         self.alignment = alignment
         self.optim_cfg = optim_cfg
-        self.lr_scale = lr_scale
         self.scheduler_cfg = scheduler_cfg
-        self.freeze = freeze
+        self.strategy = strategy
+        self._base = [base_encoder if base_encoder is not None else encoder]  # a list: not a second submodule
         self.scoring_scheme = scoring_scheme
         self.gold = gold
         self.metric_sink = metric_sink
-        self.encoder_trains = any(p.requires_grad for p in encoder.parameters())
-        # Checkpoints (resume, best dev weights) leave frozen weights out: they come back from the pretrained source.
-        self.strict_loading = all(p.requires_grad for p in self.parameters())
+        # What the strategy trains in any phase: kept in every checkpoint. The rest is never trained: it
+        # comes back from the pretrained source, and checkpoints (resume, best dev weights) leave it out.
+        base = self._base[0]
+        ever = set().union(*(strategy.trainable(base, p) for p in range(strategy.phases)))
+        trained = {id(p) for n, p in base.named_parameters() if n in ever}
+        trained |= {id(p) for p in head.parameters()} | {id(p) for p in (mixer.parameters() if mixer else ())}
+        self.never_trained = {n for n, p in self.named_parameters() if id(p) not in trained}
+        self.strict_loading = not self.never_trained
+        self.phase = -1
+        self._eval_modules: list[nn.Module] = []
+        self.set_phase(0)
         self.results: dict[str, dict] = {}
         self.predictions: dict[str, list[list[str]]] = {}
         self._pred: list[np.ndarray] | None = None
@@ -77,22 +88,73 @@ class Tagger(L.LightningModule):
         self.first_step_at: float | None = None
         self.loaded: dict = {}  # epoch and dev scores of the last checkpoint loaded (the best dev weights, for test)
 
-    # -- modes ---------------------------------------------------------------
+    def parameter_counts(self) -> tuple[int, int]:
+        """(parameters the strategy trains in any phase, all parameters)."""
+        total = sum(p.numel() for p in self.parameters())
+        trained = sum(p.numel() for n, p in self.named_parameters() if n not in self.never_trained)
+        return trained, total
+
+    # -- phases and modes ----------------------------------------------------
+    @property
+    def encoder_trains(self) -> bool:
+        return any(p.requires_grad for p in self._base[0].parameters())
+
+    def set_phase(self, phase: int) -> None:
+        """The strategy's trainable set and eval-mode modules of ``phase``; the head always trains."""
+        base = self._base[0]
+        names = self.strategy.trainable(base, phase)
+        for name, param in base.named_parameters():
+            param.requires_grad_(name in names)
+        self.head.requires_grad_(True)
+        if self.mixer is not None:
+            self.mixer.requires_grad_(True)
+        self.phase = phase
+        self._eval_modules = self.strategy.eval_modules(base, phase)
+        if self.training:
+            for module in base.modules():
+                module.training = True
+            self._keep_eval()
+
+    def enter_phase(self, phase: int) -> None:
+        """Mid-training: newly trainable parameters join the optimizer as new groups, on the same schedule."""
+        before = {id(p) for p in self.parameters() if p.requires_grad}
+        self.set_phase(phase)
+        optimizer = self.trainer.optimizers[0]
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        named = {id(p): (part, n) for part, n, p in self._all_named()}
+        set_base_lrs(optimizer, scheduler, [  # a strategy may change a group's rate between phases
+            self.strategy.lr(*named[id(g["params"][0])], self.optim_cfg, phase) for g in optimizer.param_groups])
+        new = [(part, n, p) for part, n, p in self._all_named() if p.requires_grad and id(p) not in before]
+        add_param_groups(optimizer, scheduler, param_groups(new, self.strategy, self.optim_cfg, phase))
+
+    def _keep_eval(self) -> None:
+        # Flag by flag, not .eval(): that would recurse into trainable layers below an ancestor.
+        # Every module counts, not only leaves: attention blocks apply dropout functionally.
+        for module in self._eval_modules:
+            module.training = False
+
     def train(self, mode: bool = True):
         """Lightning calls ``.train()`` every epoch: frozen parts must stay in eval (no dropout)."""
         super().train(mode)
         if mode:
-            self.freeze.keep_frozen_in_eval()
+            self._keep_eval()
         return self
+
+    def _all_named(self):
+        """(part, name within the part, parameter) of every parameter, head first."""
+        parts = [("head", self.head), ("mixer", self.mixer), ("encoder", self._base[0])]
+        return [(part, n, p) for part, module in parts if module is not None for n, p in module.named_parameters()]
 
     # -- forward -------------------------------------------------------------
     def word_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "features" in batch:  # a frozen encoder's cached output (seqexp.models.feature_cache)
-            return batch["features"]
-        with torch.set_grad_enabled(self.encoder_trains and torch.is_grad_enabled()):
-            hidden = self.encoder(input_ids=batch["input_ids"],
-                                  attention_mask=batch["attention_mask"]).last_hidden_state
-        return pool_words(hidden, batch["word_starts"], batch["word_ends"], self.alignment)
+        if "features" in batch and ("input_ids" not in batch or self.strategy.static(self.phase)):
+            words = batch["features"]  # a frozen encoder's cached output (seqexp.models.feature_cache)
+        else:
+            with torch.set_grad_enabled(self.encoder_trains and torch.is_grad_enabled()):
+                hidden = self.encoder(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+            words = pool_words(hidden, batch["word_starts"], batch["word_ends"], self.alignment)
+        return self.mixer(words) if self.mixer is not None else words
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.word_features(batch), batch["word_mask"])
@@ -125,12 +187,15 @@ class Tagger(L.LightningModule):
         # The dev scores these weights earned: a best-dev checkpoint says what it was chosen for.
         dev = self.results.get("dev", {})
         checkpoint["dev_result"] = {k: v for k, v in dev.items() if isinstance(v, float)}
+        checkpoint["seqexp_phase"] = self.phase
         state = checkpoint["state_dict"]
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                state.pop(name, None)
+        for name in self.never_trained:
+            state.pop(name, None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Called before the weights load, and on resume before the optimizer is built: the phase the
+        checkpoint was saved in decides the trainable set, the optimizer's groups and the features used."""
+        self.set_phase(int(checkpoint.get("seqexp_phase", 0)))
         self._loss_sum, self._loss_count = checkpoint.get("train_loss_sum", [0.0, 0])
         self.loaded = {"epoch": int(checkpoint["epoch"]), "dev": dict(checkpoint.get("dev_result", {}))}
         self._epoch_started = time.perf_counter()
@@ -205,7 +270,15 @@ class Tagger(L.LightningModule):
     # -- optimisation --------------------------------------------------------
     def configure_optimizers(self):
         mixed = "mixed" in str(self.trainer.precision)
-        optimizer = build_optimizer(self.encoder, self.head, self.optim_cfg, fused=not mixed, lr_scale=self.lr_scale)
+        # Groups phase by phase, in the order they joined: a resumed run rebuilds those of an uninterrupted one.
+        groups, seen = [], set()
+        for phase in range(self.phase + 1):
+            trains = set(self.strategy.trainable(self._base[0], phase))
+            named = [(part, n, p) for part, n, p in self._all_named()
+                     if (part != "encoder" or n in trains) and id(p) not in seen]
+            seen |= {id(p) for _, _, p in named}
+            groups += param_groups(named, self.strategy, self.optim_cfg, self.phase)
+        optimizer = build_optimizer(groups, self.optim_cfg, fused=not mixed)
         steps = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

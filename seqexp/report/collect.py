@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
+from seqexp.errors import ReportError  # noqa: F401  (defined with every user error)
 
 SWEEP_TAG = "seqexp.sweep_id"
 ROLE_TAG = "seqexp.role"
@@ -30,10 +31,6 @@ FINGERPRINT_TAG = "seqexp.fingerprint"
 REQUIRED_METRIC = "test_f1"
 PREDICTIONS = "test_predictions.conll"
 _PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-
-
-class ReportError(Exception):
-    """A problem the user fixes (wrong name, wrong store): reported in one line, exit status 2."""
 
 
 @dataclass(frozen=True)

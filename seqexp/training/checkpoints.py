@@ -18,10 +18,13 @@ loop progress, and the datamodule's position inside the epoch):
 - ``seqexp``: the MLflow run id, the config fingerprint and a fingerprint of the frozen
   encoder weights.
 
-Frozen parameters (``freeze=last``, and the frozen layers of ``top_k``) are not stored:
-they come back from the pretrained source when the run is rebuilt, and a hash of them,
-stored in the checkpoint, is checked on load. A head-only checkpoint is the head and its
-optimizer state: kilobytes instead of the encoder's megabytes.
+Parameters the strategy never trains, in any phase (the encoder of ``freeze=last``, the
+frozen layers of ``top_k``, the base weights under LoRA) are not stored: they come back from
+the pretrained source when the run is rebuilt, and a hash of them, stored in the checkpoint,
+is checked on load. A head-only checkpoint is the head and its optimizer state: kilobytes
+instead of the encoder's megabytes. A multi-phase strategy (gradual unfreezing) stores every
+parameter it trains in any phase, and the phase: a run resumed after an unfreeze continues
+the trained blocks with the optimizer groups of that phase (``Tagger.on_load_checkpoint``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from seqexp.errors import CheckpointError  # noqa: F401  (defined with every user error)
 from seqexp.disk import guarded_write
 from seqexp.tracking import resolve_uri
 
@@ -47,10 +51,6 @@ log = logging.getLogger("seqexp")
 
 NAME = "last.ckpt"
 BEST = "best.ckpt"  # the weights of the best dev evaluation so far (seqexp.run: Lightning's ModelCheckpoint)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed by this run (another encoder, another config)."""
 
 
 def checkpoint_root(cfg) -> Path:
@@ -166,11 +166,6 @@ def set_rng_states(states: dict) -> None:
 
 
 # -- frozen weights ------------------------------------------------------------------------------
-def frozen_keys(module: torch.nn.Module) -> set[str]:
-    """State-dict keys of the frozen parameters: rebuilt from the pretrained source, never saved."""
-    return {name for name, p in module.named_parameters() if not p.requires_grad}
-
-
 def frozen_fingerprint(module: torch.nn.Module, keys: set[str]) -> str:
     """Hash of the frozen tensors, byte for byte (names, dtypes, shapes, values)."""
     h = hashlib.sha256()
@@ -227,8 +222,9 @@ class LastCheckpoint(Checkpoint):
         self._rng_to_restore: dict | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # The Tagger leaves these out of every checkpoint (on_save_checkpoint) and loads non-strictly.
-        self._frozen = frozen_keys(pl_module)
+        # What the strategy never trains, in any phase: the Tagger leaves it out of every checkpoint
+        # (on_save_checkpoint) and loads non-strictly. Those weights never change: hashed once.
+        self._frozen = set(pl_module.never_trained)
 
     # -- saving ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

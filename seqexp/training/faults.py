@@ -24,7 +24,7 @@ import math
 import os
 import signal
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 
 log = logging.getLogger("seqexp")
 

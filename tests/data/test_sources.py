@@ -12,7 +12,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 from seqeval.metrics.sequence_labeling import get_entities
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 from seqexp.data.readers import read_conll
 from seqexp.data.sentences import DataFormatError
 from seqexp.data.sources import (

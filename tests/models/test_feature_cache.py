@@ -18,7 +18,7 @@ from seqexp.models.feature_cache import (
     encoder_fingerprint,
     recompute_window,
 )
-from seqexp.run import build
+from seqexp.pipeline import build
 from tests.conftest import REPO, compose
 from tests.tmpfs import small_tmpfs  # noqa: F401  (a fixture)
 
@@ -121,7 +121,7 @@ def test_two_processes_share_one_cache(mini_conll, tmp_path):
         import sys
         sys.path.insert(0, {str(REPO)!r})
         from seqexp.models.feature_cache import cached_features, encoder_fingerprint
-        from seqexp.run import build
+        from seqexp.pipeline import build
         from tests.conftest import compose
         cfg = compose(["model=tiny-bert", "freeze=last", "dataset.data_dir={mini_conll}",
                        "trainer.feature_cache=false"])

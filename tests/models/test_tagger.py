@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from seqexp.models.tagger import pool_words
-from seqexp.run import build, make_trainer
+from seqexp.pipeline import build, make_trainer
 from tests.conftest import compose
 
 

@@ -9,7 +9,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 from seqexp.data.datamodule import LengthGroupedBatches
 from seqexp.training.checkpoints import CheckpointError, LastCheckpoint, find_resumable, read_saved_state
 from tests.conftest import compose
@@ -85,7 +85,8 @@ class KeepEvery(LastCheckpoint):
 
 def fit(cfg, folder: Path, ckpt: Path | None = None, keep: bool = False, tamper=None):
     """A real fit and test of ``cfg``; returns (steps, test result, metrics emitted, checkpoint callback)."""
-    from seqexp.run import build, make_trainer, quiet_libraries
+    from seqexp.pipeline import build, make_trainer
+    from seqexp.run import quiet_libraries
 
     quiet_libraries()
     built = build(cfg)
@@ -206,7 +207,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     """A real ENOSPC on a small tmpfs: one line "no space left on <folder>", no partial file, the
     previous checkpoint whole (it was torch's "[enforce fail at inline_container.cc] unexpected pos")."""
     from seqexp.disk import DiskFullError
-    from seqexp.run import build, make_trainer, quiet_libraries
+    from seqexp.pipeline import build, make_trainer
+    from seqexp.run import quiet_libraries
 
     disk = small_tmpfs("4m")
     cfg = tiny_cfg(mini_conll, "last", epochs=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 from tests.conftest import compose, tiny_overrides
 
 # The mini corpus has 150 training sentences: 10 batches of 16, so 10 training steps per epoch.

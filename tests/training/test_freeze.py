@@ -6,7 +6,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 
-from seqexp.run import build, make_trainer
+from seqexp.pipeline import build, make_trainer
 from tests.conftest import compose, tiny_overrides
 
 
@@ -88,7 +88,7 @@ def test_frozen_weights_untouched_trainable_weights_move(model, strategy, k):
 
 def test_top_k_larger_than_depth_is_a_config_error():
     from seqexp.config import validate
-    from seqexp.config_errors import ConfigError
+    from seqexp.errors import ConfigError
 
     cfg = compose(tiny_overrides("tiny-bert", freeze="top_k") + ["freeze.top_k=5"])
     with pytest.raises(ConfigError, match="freeze.top_k"):

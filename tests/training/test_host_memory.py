@@ -8,8 +8,8 @@ import sys
 import lightning.pytorch as L
 import pytest
 
-from seqexp.config_errors import ConfigError
-from seqexp.run import build, make_trainer
+from seqexp.errors import ConfigError
+from seqexp.pipeline import build, make_trainer
 from seqexp.training.host_memory import MmapThreshold
 from tests.conftest import compose
 

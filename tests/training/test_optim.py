@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 from seqexp.training.optim import lr_lambda
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from seqexp.config_errors import ConfigError
+from seqexp.errors import ConfigError
 from tests.conftest import compose
 
 # Head-only tiny-bert on mini_conll, seed 1, a constant LR: dev F1 peaks at epoch 1 and falls after it, and
