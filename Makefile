@@ -1,6 +1,7 @@
 # seqexp — every target creates .venv/ on first use.
 #   make demo    the offline demo study: real CoNLL-2003, real MiniLM weights, MLflow sqlite, report
 #   make demo-2x the demo with every max_epochs budget doubled (is any verdict the budget's?)
+#   make strategies  the strategies study: MiniLM x every fine-tuning strategy x 3 seeds (hours; resumable)
 #   make test    the test suite (what CI runs)
 #   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db
 #   make report  EXP=<experiment or sweep id>: reports/<EXP>/report.{md,html}
@@ -16,7 +17,7 @@ PORT ?= 5000
 
 EXP ?= demo
 
-.PHONY: install test demo demo-2x run report ui bench clean
+.PHONY: install test demo demo-2x strategies run report ui bench clean
 
 install: .venv/.installed
 
@@ -42,6 +43,15 @@ demo-2x: install
 	$(DEMO_HEAD) freeze.max_epochs=100 tracking.experiment=demo-2x; head=$$?; \
 	$(DEMO_FULL) freeze.max_epochs=6 tracking.experiment=demo-2x; full=$$?; \
 	$(PY) -m seqexp.report demo-2x --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((head | full))
+
+# experiments/strategies.yaml: MiniLM x every conf/freeze strategy x 3 seeds on 4,000 CoNLL-2003 sentences. Hours on
+# 2 CPU cores; rerunning it skips finished runs and resumes killed ones (so it can be stopped and continued).
+STRAT = $(PY) -m seqexp.run -m experiment=strategies
+strategies: install
+	$(STRAT) freeze=last 'freeze.lr_scale=3,10,30'; a=$$?; \
+	$(STRAT) freeze=unfreeze,top_k,llrd,lp_ft,bitfit; b=$$?; \
+	$(STRAT) freeze=gradual freeze.every_n_epochs=null freeze.every_n_steps=40 freeze.max_epochs=4; c=$$?; \
+	$(PY) -m seqexp.report strategies --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((a | b | c))
 
 run: install
 	$(PY) -m seqexp.run $(ARGS)

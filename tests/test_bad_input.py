@@ -140,8 +140,8 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
     assert "Available options in 'model':\n\talbert\n" in hydra["stderr"] and "\ttiny-bert\n" in hydra["stderr"]
     for (argv, key), record in zip(config_cases, records):
         assert "Traceback" not in record["stderr"], argv
-        assert record["seconds"] < 5, (argv, record["seconds"])
-        # Before any model loads: no torch/transformers/lightning, nothing built, no MLflow run.
+        # Before any model loads: no torch/transformers/lightning, nothing built, no MLflow run. (That, not
+        # the wall time, is the proof: seconds depend on the machine's load.)
         assert record["heavy"] == [] and record["cache"] == [] and not record["mlruns"], (argv, record)
         if argv != config_cases[0][0]:
             assert record["code"] == 2, (argv, record)
