@@ -61,7 +61,7 @@ def child(strategy: str, data: str, train: int, cache: str) -> dict:
             built.datamodule.split_features(split)
     timer = EpochTimer()
     strategy_obj = built.tagger.strategy
-    trainer = make_trainer(cfg, callbacks=[*strategy_obj.callbacks(), timer], min_epochs=None)
+    trainer = make_trainer(cfg, callbacks=[timer], strategy=strategy_obj)
     trainer.fit(built.tagger, datamodule=built.datamodule)
     trained, total = built.tagger.parameter_counts()
     return {"strategy": strategy, "trained_params": trained, "total_params": total,

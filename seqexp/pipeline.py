@@ -103,12 +103,14 @@ def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path, every_phase
             dm.split_features(split)
 
 
-def make_trainer(cfg: DictConfig, callbacks=(), min_epochs: int | None = None):
+def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
+    """The Lightning Trainer of ``cfg``. With ``strategy`` (a ``seqexp.strategies.Strategy``): its callbacks
+    (phase changes) come first, and early stopping waits until its last phase has started."""
     import lightning.pytorch as L
     from lightning.pytorch.callbacks import Checkpoint
 
     t = cfg.trainer
-    callbacks = list(callbacks)
+    callbacks = [*(strategy.callbacks() if strategy is not None else ()), *callbacks]
     if t.get("host_mmap_threshold_mib") is not None:
         from seqexp.training.host_memory import MmapThreshold
 
@@ -120,7 +122,8 @@ def make_trainer(cfg: DictConfig, callbacks=(), min_epochs: int | None = None):
 
         plugins.append(StreamingCheckpointIO())
     return L.Trainer(
-        max_epochs=t.max_epochs, min_epochs=min_epochs, max_steps=t.max_steps, max_time=t.max_time,
+        max_epochs=t.max_epochs, max_steps=t.max_steps,
+        min_epochs=getattr(strategy, "min_epochs", None), min_steps=getattr(strategy, "min_steps", None), max_time=t.max_time,
         accelerator=t.accelerator, devices=t.devices, precision=t.precision,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
@@ -157,8 +160,8 @@ def train_and_test(cfg: DictConfig, tracker, resume=None, job_started: float | N
     tagger, dm = built.tagger, built.datamodule
     log_sizes(cfg, built, tracker)
     with contextlib.ExitStack() as stack:
-        callbacks, saver, best = run_callbacks(cfg, tracker, tagger.strategy, stack)
-        trainer = make_trainer(cfg, callbacks=callbacks, min_epochs=tagger.strategy.min_epochs)
+        callbacks, saver, best = run_callbacks(cfg, tracker, stack)
+        trainer = make_trainer(cfg, callbacks=callbacks, strategy=tagger.strategy)
         started = time.perf_counter()
         from seqexp.training.stopping import recorded_stop
 
@@ -198,12 +201,12 @@ def log_sizes(cfg: DictConfig, built: Built, tracker) -> None:
     })
 
 
-def run_callbacks(cfg: DictConfig, tracker, strategy, stack: contextlib.ExitStack):
-    """(callbacks, last-checkpoint saver or None, best-dev saver or None): the strategy's own, fault
-    injection, resume checkpoints, and selection on dev."""
+def run_callbacks(cfg: DictConfig, tracker, stack: contextlib.ExitStack):
+    """(callbacks, last-checkpoint saver or None, best-dev saver or None): fault injection, resume
+    checkpoints, and selection on dev."""
     from seqexp.training import faults
 
-    callbacks = [*strategy.callbacks(), *([faults.callback(cfg.fault)] if cfg.fault.kind else [])]
+    callbacks = [faults.callback(cfg.fault)] if cfg.fault.kind else []
     saver = best = None
     if cfg.trainer.checkpoint_every_n_steps is not None:
         from seqexp.sweep import fingerprint

@@ -56,6 +56,11 @@ class Strategy:
         """Epochs that run before early stopping may end the run (every phase must get its turn)."""
         return None
 
+    @property
+    def min_steps(self) -> int | None:
+        """Optimizer steps that run before early stopping may end the run (phases counted in steps)."""
+        return None
+
     # -- build time ----------------------------------------------------------------------------------
     def prepare(self, encoder: nn.Module) -> nn.Module:
         """The encoder the Tagger runs: this one, or a wrapper of it."""

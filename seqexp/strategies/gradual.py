@@ -42,6 +42,12 @@ class Gradual(Strategy):
             return None
         return (self.phases - 1) * self.every_n_epochs + 1
 
+    @property
+    def min_steps(self):
+        if self.every_n_steps is None:
+            return None
+        return (self.phases - 1) * self.every_n_steps + 1
+
     def prepare(self, encoder):
         self.phases = len(blocks(encoder)) + 2
         return encoder

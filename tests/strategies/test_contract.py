@@ -70,8 +70,7 @@ def fit(cfg, folder: Path, resume_from: Path | None = None):
     built = build(cfg)
     saver = LastCheckpoint(folder / "last.ckpt", 0, "contract", "contract")
     probe = Probe(saver, folder)
-    trainer = make_trainer(cfg, callbacks=[*built.tagger.strategy.callbacks(), saver, probe],
-                           min_epochs=built.tagger.strategy.min_epochs)
+    trainer = make_trainer(cfg, callbacks=[saver, probe], strategy=built.tagger.strategy)
     trainer.fit(built.tagger, datamodule=built.datamodule, ckpt_path=resume_from)
     return built, probe
 

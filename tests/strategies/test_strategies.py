@@ -63,8 +63,7 @@ def test_gradual_unfreezes_one_block_per_epoch_top_down(mini_conll):
                   "optim.encoder_lr=0.01", "scheduler=linear", "scheduler.warmup_ratio=0")
     built = build(cfg)
     rates = Rates()
-    trainer = make_trainer(cfg, callbacks=[*built.tagger.strategy.callbacks(), rates],
-                           min_epochs=built.tagger.strategy.min_epochs)
+    trainer = make_trainer(cfg, callbacks=[rates], strategy=built.tagger.strategy)
     trainer.fit(built.tagger, datamodule=built.datamodule)
     assert built.tagger.strategy.phases == 4 and built.tagger.strategy.min_epochs == 4
     total = trainer.estimated_stepping_batches
@@ -95,7 +94,7 @@ def test_lp_ft_probes_on_cached_features_then_fine_tunes_in_one_mlflow_run(mini_
     calls = []
     built.tagger.encoder.register_forward_hook(lambda *a: calls.append(built.tagger.phase))
     rates = Rates()
-    trainer = make_trainer(cfg, callbacks=[*built.tagger.strategy.callbacks(), rates], min_epochs=3)
+    trainer = make_trainer(cfg, callbacks=[rates], strategy=built.tagger.strategy)
     trainer.fit(built.tagger, datamodule=built.datamodule)
     assert calls and set(calls) == {1}, "the encoder ran in the probe phase"
     for epoch, phase, lr in rates.seen:
@@ -152,3 +151,19 @@ def test_strategy_config_errors_name_the_key(override, key):
     cfg = compose(["model=tiny-bert", *override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_early_stopping_waits_for_the_last_phase(mini_conll, tmp_path):
+    """Gradual unfreezing by steps: early stopping that would end the run after 2 epochs waits until every
+    block and the embeddings have trained (Trainer min_steps from the strategy)."""
+    from seqexp.training import selection
+
+    cfg = cfg_for("tiny-bert", "gradual", mini_conll, "freeze.every_n_epochs=null", "freeze.every_n_steps=3",
+                  "trainer.max_epochs=8", "trainer.early_stopping=true", "trainer.patience=1",
+                  "trainer.min_delta=0.99")
+    built = build(cfg)
+    _, selecting = selection.callbacks(cfg.trainer, tmp_path)
+    trainer = make_trainer(cfg, callbacks=selecting, strategy=built.tagger.strategy)
+    trainer.fit(built.tagger, datamodule=built.datamodule)
+    assert trainer.global_step >= 10 and built.tagger.phase == 3  # 4 phases, 3 steps each before the last
+    assert trainer.current_epoch < 8  # and then it stopped early
