@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as L
 import numpy as np
@@ -23,8 +24,10 @@ from seqexp.errors import NonFiniteLossError
 from seqexp.metrics import evaluate
 from seqexp.models import ALIGNMENTS
 from seqexp.models.heads import TaggingHead
-from seqexp.strategies import Strategy
 from seqexp.training.optim import add_param_groups, build_optimizer, build_scheduler, param_groups, set_base_lrs
+
+if TYPE_CHECKING:
+    from seqexp.strategies import Strategy
 
 log = logging.getLogger("seqexp")
 
