@@ -17,11 +17,13 @@ STEPS = {"trainer.limit_train_batches": "4", "optim": "sgd",
          "optim.lr": "0.5", "optim.encoder_lr": "0.5", "freeze.lr_scale": "1.0"}
 
 
-def train_steps(model: str, strategy: str, tmp_path, **extra):
-    """(cfg, built, trainer, encoder weights before training) after a few real training steps."""
+def train_steps(model: str, strategy: str, data_dir, **extra):
+    """(cfg, built, trainer, encoder weights before training) after a few real training steps on
+    ``data_dir`` (the ``mini_conll`` fixture: 150 sentences per split)."""
     from seqexp.pipeline import build, make_trainer
 
-    cfg = compose(tiny_overrides(model, train=48, freeze=strategy, **STEPS, **extra))
+    cfg = compose(tiny_overrides(model, train=64, freeze=strategy, **STEPS, **{"dataset.data_dir": str(data_dir)},
+                                 **extra))
     built = build(cfg)
     before = {n: p.detach().clone() for n, p in built.tagger.encoder.named_parameters()}
     trainer = make_trainer(cfg)

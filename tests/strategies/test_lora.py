@@ -16,8 +16,8 @@ def lora_size(model: str, config, r: int) -> int:
 
 
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-roberta", "tiny-albert"])
-def test_only_the_adapter_and_head_train_and_checkpoints_hold_only_them(model, tmp_path):
-    cfg, built, trainer, before = train_steps(model, "lora", tmp_path)
+def test_only_the_adapter_and_head_train_and_checkpoints_hold_only_them(model, mini_conll, tmp_path):
+    cfg, built, trainer, before = train_steps(model, "lora", mini_conll)
     tagger = built.tagger
     encoder = tagger.encoder
     adapter = tagger.strategy.trainable(encoder, 0)
@@ -45,8 +45,8 @@ def test_only_the_adapter_and_head_train_and_checkpoints_hold_only_them(model, t
 
 
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-albert"])
-def test_merged_and_unmerged_adapters_predict_the_same(model, tmp_path):
-    cfg, built, trainer, _ = train_steps(model, "lora", tmp_path)
+def test_merged_and_unmerged_adapters_predict_the_same(model, mini_conll, tmp_path):
+    cfg, built, trainer, _ = train_steps(model, "lora", mini_conll)
     tagger, batch = built.tagger, dev_batch(built)
     unmerged = emissions(tagger, batch)
     with tagger.encoder.disable_adapter():  # the adapter changes what the encoder says
@@ -61,10 +61,10 @@ def test_merged_and_unmerged_adapters_predict_the_same(model, tmp_path):
     torch.testing.assert_close(out[mask], unmerged[mask], atol=1e-5, rtol=1e-5)
 
 
-def test_a_checkpoint_of_adapter_and_head_restores_the_predictions(tmp_path):
+def test_a_checkpoint_of_adapter_and_head_restores_the_predictions(mini_conll, tmp_path):
     from seqexp.pipeline import build
 
-    cfg, built, trainer, _ = train_steps("tiny-roberta", "lora", tmp_path)
+    cfg, built, trainer, _ = train_steps("tiny-roberta", "lora", mini_conll)
     batch = dev_batch(built)
     trained = emissions(built.tagger, batch)
     path = tmp_path / "adapter.ckpt"
