@@ -74,11 +74,13 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
         metric_sink=metric_sink, mixer=mixer, base_encoder=base,
     )
     if cfg.trainer.feature_cache and strategy.static(0):
-        use_feature_cache(base, dm, cfg, cache_dir, every_phase=all(map(strategy.static, range(strategy.phases))))
+        use_feature_cache(base, dm, cfg, cache_dir, every_phase=all(map(strategy.static, range(strategy.phases))),
+                          layers=strategy.hidden)
     return Built(splits, labels, dm, tagger)
 
 
-def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path, every_phase: bool = True) -> None:
+def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path, every_phase: bool = True,
+                      layers: str = "last") -> None:
     """Encode every split once (or load it), so epochs on a frozen encoder never run it.
 
     ``every_phase`` false (the encoder trains in a later phase): the train and dev features are
@@ -97,7 +99,7 @@ def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path, every_phase
             continue
         dm.use_features(split, functools.partial(cached_features, encoder, windows, cfg.alignment, cache_dir, fp,
                                                  batch_size=cfg.trainer.eval_batch_size,
-                                                 storage=cfg.trainer.feature_cache_dtype),
+                                                 storage=cfg.trainer.feature_cache_dtype, layers=layers),
                         with_inputs=not every_phase)
         if not every_phase:
             dm.split_features(split)

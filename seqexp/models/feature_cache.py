@@ -8,9 +8,12 @@ bit-identical vectors to recomputing them without it (``compute_features``).
 Running one window alone (``recompute_window``) agrees to float rounding only:
 CPU matrix kernels may sum in another order for another batch shape.
 
+``layers="all"`` (``freeze=scalar_mix``) keeps every hidden layer's word vectors,
+``[words, L + 1, H]``, in float16 unless told otherwise: (L + 1) x H x 2 bytes per word.
+
 The cache is keyed by everything that changes the vectors: the encoder's
 weights (hashed), the windows' token ids and word spans, the word pooling,
-the dtype and the batch size (other batch shapes round differently). It lives
+the dtype, the batch size (other batch shapes round differently) and the layers kept. It lives
 in memory for the jobs of one process and on disk under
 ``<cache_dir>/features/`` for other processes; files are written to a temporary
 name and renamed, so concurrent writers never leave a torn file.
@@ -33,7 +36,7 @@ from torch import nn
 
 from seqexp.data.encoding import Window
 from seqexp.disk import guarded_write
-from seqexp.models.tagger import pool_words
+from seqexp.models.tagger import encoder_states, pool_words
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ _MEMORY_ENTRIES = 8
 class WindowFeatures:
     """Word vectors of every window, concatenated: window i owns rows offsets[i]:offsets[i+1]."""
 
-    vectors: torch.Tensor  # [total words, hidden]
+    vectors: torch.Tensor  # [total words, hidden], or [total words, layers + 1, hidden] (layers="all")
     offsets: torch.Tensor  # [windows + 1]
     _bounds: list[int] = field(init=False, repr=False, compare=False)
 
@@ -83,42 +86,47 @@ def windows_fingerprint(windows: Sequence[Window]) -> str:
 
 
 def _encode(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor,
-            ends: torch.Tensor, alignment: str) -> torch.Tensor:
-    hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return pool_words(hidden, starts, ends, alignment)
+            ends: torch.Tensor, alignment: str, layers: str = "last") -> torch.Tensor:
+    return pool_words(encoder_states(encoder, ids, mask, layers), starts, ends, alignment)
 
 
 @torch.no_grad()
-def recompute_window(encoder: nn.Module, window: Window, alignment: str) -> torch.Tensor:
+def recompute_window(encoder: nn.Module, window: Window, alignment: str, layers: str = "last") -> torch.Tensor:
     """The reference: one window through the frozen encoder (in eval mode), alone and unpadded."""
     device = next(encoder.parameters()).device
     ids = torch.tensor([window.input_ids], device=device)
     starts = torch.tensor([window.word_starts], device=device)
     ends = torch.tensor([window.word_ends], device=device)
-    return _encode(encoder, ids, torch.ones_like(ids), starts, ends, alignment)[0].cpu()
+    return _encode(encoder, ids, torch.ones_like(ids), starts, ends, alignment, layers)[0].cpu()
 
 
 @torch.no_grad()
 def compute_features(encoder: nn.Module, windows: Sequence[Window], alignment: str,
-                     batch_size: int = 64) -> WindowFeatures:
-    """Word vectors of every window, in the canonical (length-sorted, fixed-size) batches."""
+                     batch_size: int = 64, layers: str = "last", storage: torch.dtype | None = None) -> WindowFeatures:
+    """Word vectors of every window, in the canonical (length-sorted, fixed-size) batches.
+
+    ``layers="all"``: every hidden layer's (embeddings first), ``[words, L + 1, H]``. ``storage``: the
+    dtype they are kept in (rounded batch by batch, so the compute dtype's copy never exists whole)."""
     if any(p.requires_grad for p in encoder.parameters()):
         raise RuntimeError("the feature cache is for a frozen encoder (freeze=last)")
     modes = {m: m.training for m in encoder.modules()}
     encoder.eval()
     try:
-        return _compute(encoder, windows, alignment, batch_size)
+        return _compute(encoder, windows, alignment, batch_size, layers, storage)
     finally:
         for module, mode in modes.items():
             module.training = mode
 
 
-def _compute(encoder: nn.Module, windows: Sequence[Window], alignment: str, batch_size: int) -> WindowFeatures:
+def _compute(encoder: nn.Module, windows: Sequence[Window], alignment: str, batch_size: int,
+             layers: str, storage: torch.dtype | None) -> WindowFeatures:
     device = next(encoder.parameters()).device
     order = sorted(range(len(windows)), key=lambda i: (len(windows[i].input_ids), i))
     counts = torch.tensor([0] + [len(w.word_starts) for w in windows])
     offsets = counts.cumsum(0)
-    hidden = getattr(getattr(encoder, "config", None), "hidden_size", None)
+    config = getattr(encoder, "config", None)
+    hidden = getattr(config, "hidden_size", None)
+    shape = (hidden,) if layers == "last" else (getattr(config, "num_hidden_layers", -1) + 1, hidden)
     vectors: torch.Tensor | None = None
     for k in range(0, len(order), batch_size):
         chunk = order[k : k + batch_size]
@@ -135,13 +143,13 @@ def _compute(encoder: nn.Module, windows: Sequence[Window], alignment: str, batc
             starts[row, : len(w.word_starts)] = torch.tensor(w.word_starts)
             ends[row, : len(w.word_ends)] = torch.tensor(w.word_ends)
         out = _encode(encoder, ids.to(device), mask.to(device), starts.to(device), ends.to(device),
-                      alignment).cpu()
+                      alignment, layers).cpu()
         if vectors is None:
-            vectors = torch.empty((int(offsets[-1]), hidden or out.size(-1)), dtype=out.dtype)
+            vectors = torch.empty((int(offsets[-1]), *out.shape[2:]), dtype=storage or out.dtype)
         for row, i in enumerate(chunk):
             vectors[offsets[i] : offsets[i + 1]] = out[row, : counts[i + 1]]
     if vectors is None:
-        vectors = torch.empty((0, hidden or 0))
+        vectors = torch.empty((0, *(s or 0 for s in shape)), dtype=storage or torch.get_default_dtype())
     return WindowFeatures(vectors, offsets)
 
 
@@ -156,18 +164,21 @@ STORAGE = {None: None, "float32": torch.float32, "float16": torch.float16, "bflo
 
 
 def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: str, cache_dir: Path,
-                    encoder_fp: str, batch_size: int = 64, storage: str | None = None) -> WindowFeatures:
+                    encoder_fp: str, batch_size: int = 64, storage: str | None = None,
+                    layers: str = "last") -> WindowFeatures:
     """Features from memory, else from disk, else computed and stored (atomically).
 
     ``storage`` ``float16``/``bfloat16`` keeps them compact (half the memory and disk);
     computed in the encoder's dtype, then rounded. ``None`` stores the compute dtype:
-    bit-identical to running the encoder.
+    bit-identical to running the encoder -- except with ``layers="all"`` (every hidden layer,
+    ``freeze=scalar_mix``: L + 1 times the size), where ``None`` means float16.
     """
     dtype = next(encoder.parameters()).dtype
-    stored = STORAGE[storage] or dtype
+    stored = STORAGE[storage] or (torch.float16 if layers == "all" else dtype)
     kept = f"{dtype}" if stored == dtype else f"{dtype}->{stored}"
     key = hashlib.sha256(
-        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{kept}|{batch_size}".encode()
+        f"{FORMAT}|{encoder_fp}|{windows_fingerprint(windows)}|{alignment}|{kept}|{batch_size}"
+        f"{'' if layers == 'last' else '|' + layers}".encode()
     ).hexdigest()[:24]
     if key in _MEMORY:
         return _MEMORY[key]
@@ -182,9 +193,7 @@ def cached_features(encoder: nn.Module, windows: Sequence[Window], alignment: st
         except Exception as exc:  # a damaged file is recomputed, never trusted
             log.warning("feature cache: ignoring unreadable %s (%s)", path, exc)
     started = time.perf_counter()
-    features = compute_features(encoder, windows, alignment, batch_size)
-    if stored != features.vectors.dtype:
-        features = WindowFeatures(features.vectors.to(stored), features.offsets)
+    features = compute_features(encoder, windows, alignment, batch_size, layers, stored)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}-", suffix=".tmp")
     os.close(fd)

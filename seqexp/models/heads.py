@@ -8,7 +8,7 @@ The Tagger gives every head the same three tensors:
   or a gold label the label set does not know).
 
 and relies only on :class:`TaggingHead`'s three methods, so that the heads can
-be swapped from the command line (``head=linear|mlp|crf``) with everything else
+be swapped from the command line (``head=linear|mlp|bilstm|crf``) with everything else
 fixed. That is the point of the comparison: only the head changes.
 """
 
@@ -156,6 +156,43 @@ class MLPHead(TaggingHead):
                 x = self.norms[i](x, mask)
             x = self.dropout(self.activation(x))
         return self.classifier(x)
+
+
+class BiLSTMHead(TaggingHead):
+    """Dropout, a ``num_layers``-layer bidirectional LSTM over each sentence's words, dropout, Linear.
+
+    The feature-based rows of Devlin et al. 2019 (BERT, Table 7) put a two-layer 768-dimensional
+    BiLSTM before the classifier; with ``freeze=scalar_mix`` or ``freeze=last`` this reruns them.
+    ``hidden_dim`` is each direction's size. Sequences are packed by their real length (``mask``,
+    a prefix of each row), so padding never reaches the states of real words: a sentence gets the
+    same emissions alone and padded in a batch. Padded positions come out as the classifier's bias.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, hidden_dim: int = 768, num_layers: int = 2,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.num_labels = num_labels
+        self.input_dropout = FastDropout(dropout)
+        self.lstm = nn.LSTM(hidden_size, hidden_dim, num_layers=num_layers, bidirectional=True,
+                            batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = FastDropout(dropout)
+        self.classifier = nn.Linear(2 * hidden_dim, num_labels)
+
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.input_dropout(features)
+        batch, words = x.shape[:2]
+        lengths = (mask.sum(1) if mask is not None else torch.full((batch,), words)).cpu()
+        real = lengths > 0  # an all-padding row (never in practice) has nothing to pack
+        out = x.new_zeros(batch, words, 2 * self.lstm.hidden_size)
+        if bool(real.any()):
+            packed = nn.utils.rnn.pack_padded_sequence(x[real], lengths[real], batch_first=True,
+                                                       enforce_sorted=False)
+            states, _ = self.lstm(packed)
+            states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=words)
+            out[real.to(out.device)] = states
+        return self.classifier(self.dropout(out))
 
 
 class CRFHead(TaggingHead):

@@ -35,18 +35,35 @@ MetricSink = Callable[[dict[str, float], int], None]
 
 
 def pool_words(hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, how: str) -> torch.Tensor:
-    """Word vectors [B, W, H] from subword states [B, T, H] and word spans [B, W]."""
-    size = hidden.size(-1)
+    """Word vectors [B, W, ...] from subword states [B, T, ...] and word spans [B, W]; ``...`` is [H],
+    or [L + 1, H] for every layer's states (``encoder_states(..., "all")``)."""
+    rest = hidden.shape[2:]
+
+    def at(index: torch.Tensor) -> torch.Tensor:
+        return index.view(*index.shape, *(1,) * len(rest)).expand(-1, -1, *rest)
+
     if how == "first":
-        return hidden.gather(1, starts.unsqueeze(-1).expand(-1, -1, size))
+        return hidden.gather(1, at(starts))
     if how == "last":
-        return hidden.gather(1, (ends - 1).unsqueeze(-1).expand(-1, -1, size))
+        return hidden.gather(1, at(ends - 1))
     if how == "mean":
-        csum = nn.functional.pad(hidden.cumsum(1), (0, 0, 1, 0))
-        upper = csum.gather(1, ends.unsqueeze(-1).expand(-1, -1, size))
-        lower = csum.gather(1, starts.unsqueeze(-1).expand(-1, -1, size))
-        return (upper - lower) / (ends - starts).clamp(min=1).unsqueeze(-1).to(hidden.dtype)
+        csum = nn.functional.pad(hidden.cumsum(1), (0, 0) * len(rest) + (1, 0))
+        upper = csum.gather(1, at(ends))
+        lower = csum.gather(1, at(starts))
+        return (upper - lower) / at((ends - starts).clamp(min=1)).to(hidden.dtype)
     raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {how!r}")
+
+
+def encoder_states(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   layers: str = "last") -> torch.Tensor:
+    """Subword states [B, T, H] of the top layer (``layers="last"``), or [B, T, L + 1, H] of the
+    embeddings and every layer (``"all"``, a strategy whose ``hidden`` is ``"all"``)."""
+    if layers == "last":
+        return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if layers == "all":
+        out = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return torch.stack(out.hidden_states, dim=2)
+    raise ValueError(f"layers must be 'last' or 'all', got {layers!r}")
 
 
 class Tagger(L.LightningModule):
@@ -154,8 +171,8 @@ class Tagger(L.LightningModule):
             words = batch["features"]  # a frozen encoder's cached output (seqexp.models.feature_cache)
         else:
             with torch.set_grad_enabled(self.encoder_trains and torch.is_grad_enabled()):
-                hidden = self.encoder(input_ids=batch["input_ids"],
-                                      attention_mask=batch["attention_mask"]).last_hidden_state
+                hidden = encoder_states(self.encoder, batch["input_ids"], batch["attention_mask"],
+                                        self.strategy.hidden)
             words = pool_words(hidden, batch["word_starts"], batch["word_ends"], self.alignment)
         return self.mixer(words) if self.mixer is not None else words
 

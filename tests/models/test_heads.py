@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from seqexp.models.heads import CRFHead, LinearHead, MLPHead, TaggingHead
+from seqexp.models.heads import BiLSTMHead, CRFHead, LinearHead, MLPHead, TaggingHead
 
 H, C = 12, 5
 LENGTHS = [5, 3, 1, 4]
@@ -26,10 +26,12 @@ def make_head(kind: str, **kw) -> TaggingHead:
         return MLPHead(H, C, hidden_dim=16, num_layers=2, batch_norm=True, **kw)
     if kind == "crf":
         return CRFHead(H, C, **kw)
+    if kind == "bilstm":
+        return BiLSTMHead(H, C, hidden_dim=8, **kw)
     raise AssertionError(kind)
 
 
-KINDS = ["linear", "mlp", "mlp_bn", "crf"]
+KINDS = ["linear", "mlp", "mlp_bn", "crf", "bilstm"]
 
 
 def padded(width: int, seed: int = 0, lengths: list[int] = LENGTHS):
@@ -163,7 +165,8 @@ def test_each_head_fits_a_tiny_problem(kind):
     assert (pred[mask] == labels[mask]).float().mean() > 0.9
 
 
-@pytest.mark.parametrize(("name", "cls"), [("linear", LinearHead), ("mlp", MLPHead), ("crf", CRFHead)])
+@pytest.mark.parametrize(("name", "cls"),
+                         [("linear", LinearHead), ("mlp", MLPHead), ("crf", CRFHead), ("bilstm", BiLSTMHead)])
 def test_config_instantiates_as_a_partial(name, cls):
     path = CONF / f"{name}.yaml"
     assert path.read_text().startswith("# python -m seqexp.run head=")
@@ -177,3 +180,24 @@ def test_mlp_rejects_bad_arguments():
         MLPHead(H, C, activation="swishy")
     with pytest.raises(ValueError, match="num_layers"):
         MLPHead(H, C, num_layers=0)
+
+
+def test_bilstm_gives_a_sentence_the_same_emissions_alone_and_padded_in_a_batch():
+    """Packed sequences: neither direction of either layer ever reads a padded position."""
+    torch.manual_seed(0)
+    head = BiLSTMHead(H, C, hidden_dim=8, num_layers=2, dropout=0.0).eval()
+    features, _, mask = padded(9)  # junk of magnitude 100 in the padding
+    batch = head(features, mask)
+    for row, length in enumerate(LENGTHS):
+        alone = head(features[row : row + 1, :length])  # no padding at all, no mask
+        torch.testing.assert_close(batch[row, :length], alone[0], atol=1e-6, rtol=1e-6)
+    # The backward direction is real: a later word changes an earlier word's emissions.
+    changed = features.clone()
+    changed[0, 4] += 1.0
+    assert not torch.allclose(head(changed, mask)[0, 0], batch[0, 0])
+
+
+def test_bilstm_config_is_two_bidirectional_layers_of_the_configured_size():
+    head = hydra.utils.instantiate(OmegaConf.load(CONF / "bilstm.yaml"), hidden_dim=16)(hidden_size=H, num_labels=C)
+    assert head.lstm.num_layers == 2 and head.lstm.bidirectional and head.lstm.hidden_size == 16
+    assert head.classifier.in_features == 32

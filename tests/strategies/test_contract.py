@@ -15,7 +15,10 @@ A new strategy (one YAML, one class) is checked here without new test code:
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -27,7 +30,9 @@ from seqexp.training.checkpoints import LastCheckpoint
 from tests.conftest import CONF, compose
 
 STRATEGIES = sorted(p.stem for p in (CONF / "freeze").glob("*.yaml"))
-MODELS = ["tiny-bert", "tiny-roberta", "tiny-albert"]
+# The tiny encoders built here; test_contract_through_the_hub_path reruns this file over the hub ids
+# (model=bert,roberta,albert from a hub cache of tiny stand-ins) by setting SEQEXP_CONTRACT_MODELS.
+MODELS = os.environ.get("SEQEXP_CONTRACT_MODELS", "tiny-bert,tiny-roberta,tiny-albert").split(",")
 
 
 class Probe(L.Callback):
@@ -140,3 +145,16 @@ def test_strategy_contract(strategy, model, mini_conll, tmp_path):
     end = resumed.tagger.state_dict()
     for name in params:
         assert torch.equal(end[name], state[name]), f"{strategy}: {name} differs after resume"
+
+
+def test_contract_through_the_hub_path(hub_cache):
+    """The same contract for ``model=bert,roberta,albert``, loaded offline from a Hugging Face hub cache
+    (tokenizers, RoBERTa's add_prefix_space, ALBERT's shared layers: the code a user with hub access runs).
+    A child pytest: the hub cache location is read when huggingface_hub is imported."""
+    if os.environ.get("SEQEXP_CONTRACT_MODELS"):
+        pytest.skip("already running over the hub ids")
+    env = {**os.environ, **hub_cache, "SEQEXP_CONTRACT_MODELS": "bert,roberta,albert"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+                           "-k", "test_strategy_contract"], env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert f"{len(STRATEGIES) * 3} passed" in proc.stdout, proc.stdout[-2000:]
