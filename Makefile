@@ -48,8 +48,8 @@ demo-2x: install
 # 2 CPU cores; rerunning it skips finished runs and resumes killed ones (so it can be stopped and continued).
 STRAT = $(PY) -m seqexp.run -m experiment=strategies
 strategies: install
-	$(STRAT) freeze=last 'freeze.lr_scale=3,10,30'; a=$$?; \
-	$(STRAT) freeze=unfreeze,top_k,llrd,lp_ft,bitfit; b=$$?; \
+	$(STRAT) freeze=last,scalar_mix 'freeze.lr_scale=3,10,30'; a=$$?; \
+	$(STRAT) freeze=unfreeze,top_k,llrd,lp_ft,bitfit,lora,ia3; b=$$?; \
 	$(STRAT) freeze=gradual freeze.every_n_epochs=null freeze.every_n_steps=40 freeze.max_epochs=4; c=$$?; \
 	$(PY) -m seqexp.report strategies --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((a | b | c))
 
