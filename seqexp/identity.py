@@ -27,7 +27,7 @@ Where float noise is the only difference, the key is runtime. ``trainer.eval_bat
 case in point: padding is masked, so the batch size only changes the order of floating-point sums
 (measured on CPU, tiny-bert, 150 CoNLL-2003 sentences, batch 64 vs 5: full fine-tuning logged
 identical dev, test and train-loss values; head-only, whose cached features are computed in eval
-batches, identical dev and test metrics and train losses equal to 1e-7). Threads, devices,
+batches, identical dev and test metrics and train losses equal to 1e-7). Threads, the accelerator,
 compilation and checkpoint cadence are the same kind of key. Keys that say *which* data or model
 (``dataset.data_dir``, ``dataset.source``, ``model.path``) are not locations in this sense: another
 folder may hold other files, so they change the result.
@@ -67,8 +67,9 @@ RUNTIME = (
     "tracking", "cache_dir",
     # bookkeeping: redo a finished job, continue a killed one, which keys the study tunes (for the report)
     "rerun", "resume", "tuned",
-    # where and how parallel: the same computation, other float rounding at most
-    "trainer.accelerator", "trainer.devices", "trainer.num_threads", "trainer.num_workers",
+    # where and how parallel: the same computation, other float rounding at most. Not trainer.devices:
+    # several devices train data-parallel, so each optimizer step sees devices x batch_size sentences.
+    "trainer.accelerator", "trainer.num_threads", "trainer.num_workers",
     "trainer.host_mmap_threshold_mib", "trainer.compile", "trainer.compile_backend", "trainer.eval_batch_size",
     # how often train_loss is logged
     "trainer.log_every_n_steps",
@@ -77,7 +78,7 @@ RUNTIME = (
 )
 
 # 1: the hash of the fingerprinted keys alone (eval_batch_size, compile and log_every_n_steps counted).
-# 2: this module's rule, with the version in the hash.
+# 2: this module's rule, with the version in the hash (trainer.devices counted).
 FINGERPRINT_VERSION = 2
 FINGERPRINT_TAG = "seqexp.fingerprint"
 FINGERPRINT_VERSION_TAG = "seqexp.fingerprint_version"
