@@ -48,25 +48,17 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from seqexp import tracking
+from seqexp import identity, tracking
 from seqexp.errors import ConfigError
 
 log = logging.getLogger("seqexp.sweep")
 
 SWEEP_ENV = "SEQEXP_SWEEP"
-# Keys that say where things are or how fast they run, not what is computed.
-NOT_FINGERPRINTED = ("tracking", "cache_dir", "rerun", "tuned", "trainer.num_workers", "trainer.num_threads",
-                     "trainer.host_mmap_threshold_mib", "trainer.accelerator", "trainer.devices",
-                     # resume: where checkpoints go and how often; a resumed run computes what an uninterrupted one does
-                     "resume", "trainer.checkpoint_every_n_steps", "trainer.checkpoint_dir", "trainer.keep_checkpoint")
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """Hash of every resolved value that changes what a run computes."""
-    flat = tracking.flatten(cfg)
-    kept = {k: v for k, v in flat.items()
-            if not any(k == x or k.startswith(x + ".") for x in NOT_FINGERPRINTED)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of every resolved value that changes what a run computes (the rule: ``seqexp.identity``)."""
+    return identity.fingerprint(tracking.flatten(cfg))
 
 
 def optuna_storage(tracking_uri: str) -> str:
@@ -296,7 +288,8 @@ def end_interrupted_sweep() -> None:
 
 def job_tags(cfg: DictConfig, fp: str, overrides: list[str]) -> dict[str, str]:
     """Tags of a run; inside a sweep, also its parent, sweep id and grid coordinates."""
-    tags = {"seqexp.fingerprint": fp, "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid()),
+    tags = {identity.FINGERPRINT_TAG: fp, identity.FINGERPRINT_VERSION_TAG: str(identity.FINGERPRINT_VERSION),
+            "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid()),
             "overrides": " ".join(overrides), "seqexp.tuned": ",".join(cfg.get("tuned") or [])}
     info = SweepInfo.for_current_job()
     if info is not None:

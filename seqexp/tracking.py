@@ -33,15 +33,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seqexp.errors import StoreError  # noqa: F401  (defined with every user error)
-from seqexp.errors import ConfigError
+from seqexp import identity
+from seqexp.errors import ConfigError, StoreError  # noqa: F401  (StoreError: defined with every user error)
 from seqexp.tracking_buffer import (KILLED_WAIT_S, Outbox, TrackingUnavailableError, metrics_op, params_op,
                                     tags_op, terminate_op, text_op)
 
 # Grid axes: the config groups whose chosen option names become short top-level params.
-AXES = ("model", "dataset", "freeze", "optim", "scheduler", "head")
-# Overrides that say where things are or how long to train, not what is compared: kept out of run names.
-_NOT_IN_NAME = ("dataset.", "trainer.", "tracking.", "cache_dir", "hydra.", "experiment", "rerun", "resume")
+AXES = identity.AXES
 _MAX_PARAM = 6000
 # Default of `tracking.outage_wait_s`: how long the end of a run waits for a lost server.
 OUTAGE_WAIT_S = 120.0
@@ -226,13 +224,15 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
 
 
 def run_name(choices: Mapping[str, str], overrides: list[str], seed: int) -> str:
-    """``model|freeze|optim`` then any other compared override, then ``s<seed>``."""
-    parts = [str(choices.get(axis, "?")) for axis in ("model", "freeze", "optim")]
+    """``model|freeze|optim`` then any other compared override, then ``s<seed>``.
+
+    Which overrides are spelled out follows from ``seqexp.identity`` (``in_run_name``): never a key
+    that does not change the result, nor a setting (data, budget) that the study holds fixed.
+    """
+    parts = [str(choices.get(axis, "?")) for axis in identity.NAME_AXES]
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in ("model", "freeze", "optim", "seed") or key.startswith(_NOT_IN_NAME):
-            continue
-        parts.append(override.lstrip("+~"))
+        if identity.in_run_name(override.split("=", 1)[0]):
+            parts.append(override.lstrip("+~"))
     return "|".join(parts + [f"s{seed}"])
 
 

@@ -64,3 +64,65 @@ def mini_conll(tmp_path_factory) -> Path:
     for name in ("eng.train", "eng.testa", "eng.testb"):
         _first_sentences(src / name, dst / name, 150)
     return dst
+
+
+# Hub ids of the user's grid (conf/model/{bert,roberta,albert}.yaml) and the tiny encoder of the same
+# family (seqexp/models/tiny.py) that stands in for each in a test's Hugging Face cache.
+HUB_STAND_INS = {"bert-base-cased": "tiny-bert", "roberta-base": "tiny-roberta", "albert-base-v2": "tiny-albert"}
+
+
+def _as_hub_snapshot(built: Path, hub_id: str, hub: Path) -> None:
+    """Copy a save_pretrained folder into the hub cache's own layout, as ``snapshot_download`` leaves it:
+    ``models--<id>/blobs/<sha256>``, ``snapshots/<rev>/<file>`` (a link to its blob), ``refs/main`` = ``<rev>``."""
+    import hashlib
+    import json
+    import shutil
+
+    repo = hub / f"models--{hub_id.replace('/', '--')}"
+    rev = hashlib.sha1(hub_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / rev
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for src in sorted(built.iterdir()):
+        if src.name == "seqexp-tiny.json":  # the builder's own marker: no hub repo has it
+            continue
+        data = src.read_bytes()
+        if hub_id == "roberta-base" and src.name in ("tokenizer.json", "tokenizer_config.json"):
+            # roberta-base's own files say add_prefix_space=false: seqexp must set it, as for the real model.
+            data = json.dumps(_without_prefix_space(json.loads(data)), indent=2).encode()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / src.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    shutil.rmtree(built)
+
+
+def _without_prefix_space(node):
+    if isinstance(node, dict):
+        return {k: (False if k == "add_prefix_space" else _without_prefix_space(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_prefix_space(v) for v in node]
+    return node
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory, mini_conll) -> dict[str, str]:
+    """A Hugging Face hub cache holding tiny stand-ins under ``bert-base-cased``, ``roberta-base`` and
+    ``albert-base-v2`` (WordPiece BERT, byte-level BPE RoBERTa, sentencepiece-unigram ALBERT, the
+    tokenizer classes the real ids load), their tokenizers trained on the mini CoNLL-2003 training split.
+
+    Returns the environment to run with (``{**os.environ, **hub_cache}``): ``HF_HOME``/``HF_HUB_CACHE``
+    on it and ``HF_HUB_OFFLINE=1``. ``model=bert|roberta|albert`` then loads through the same code
+    as for a user who has the models cached (seqexp.models.encoders: hub source, cache first).
+    """
+    from seqexp.data.sources import load_splits
+    from seqexp.models.tiny import build_tiny
+
+    home = tmp_path_factory.mktemp("hf-home")
+    hub = home / "hub"
+    train = load_splits(compose([f"dataset.data_dir={mini_conll}"]).dataset, home)["train"]
+    for hub_id, tiny in HUB_STAND_INS.items():
+        built = build_tiny(compose([f"model={tiny}"]).model, train, home / "build")
+        _as_hub_snapshot(built, hub_id, hub)
+    return {"HF_HOME": str(home), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from seqexp.identity import FINGERPRINT_VERSION
 from tests.conftest import REPO
 
 TINY = ["trainer.max_epochs=1", "trainer.batch_size=16"]
@@ -47,6 +48,7 @@ def test_grid_sweep_parent_children_and_rerun_skips(tmp_path, mini_conll):
         assert tags["seqexp.sweep_id"] == sweep_id
         assert tags["grid.model"] == params["model"] and tags["grid.freeze"] == params["freeze"]
         assert child.info.run_name == f"{params['model']}|{params['freeze']}|adamw|s1"
+        assert tags["seqexp.fingerprint_version"] == str(FINGERPRINT_VERSION)
         for metric in ("test_accuracy", "test_precision", "test_recall", "test_f1"):
             assert metric in child.data.metrics
         grid.add((params["model"], params["freeze"]))

@@ -4,8 +4,10 @@ A *cell* is the tuple of grid axes (``model``, ``dataset``, ``freeze``,
 ``optim``, ``scheduler``, ``head``) PLUS any flattened config value that differs
 between runs sharing those axes (say ``optim.momentum`` in a sweep) and is not a
 *tuned* key: otherwise such runs would be averaged together as if they were
-seeds. Values that say where or how a run executed (paths, tracking, threads,
-devices) never split a cell.
+seeds. Which values split a cell is the fingerprint's rule (``seqexp.identity``):
+exactly the keys that change the result; those that only say where or how a run
+executed (tracking, threads, devices, eval batch size, compilation, checkpoints)
+never do.
 
 Tuned keys are the hyperparameters a study declares it tunes (the runs' tag
 ``seqexp.tuned``, comma-separated, else their ``tuned`` config list; plus ``--tuned``). The *candidates* of a cell
@@ -30,19 +32,14 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from seqexp import identity
 from seqexp.report.collect import RunRecord
 
-BASE_AXES = ("dataset", "model", "freeze", "optim", "scheduler", "head")
-ALWAYS_SHOWN = ("model", "freeze", "optim")
-STRATEGY_AXES = ("freeze", "optim", "scheduler", "head")
+BASE_AXES = identity.AXES
+ALWAYS_SHOWN = identity.NAME_AXES
+STRATEGY_AXES = identity.STRATEGY_AXES
 TABLE_METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
 PER_TYPE_PREFIX = "test_f1_"
-_IGNORED_EXACT = {
-    "seed", "labels", "tuned", "trainer.accelerator", "trainer.devices", "trainer.num_workers", "trainer.num_threads",
-    "trainer.host_mmap_threshold_mib", "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.compile", "dataset.source", "dataset.hub_id",
-}
-_IGNORED_PREFIX = ("tracking.", "hydra.")
-_IGNORED_SUFFIX = ("data_dir", "cache_dir")
 MISSING = "—"
 TUNED_TAG = "seqexp.tuned"
 TUNED_PARAM = "tuned"  # the study's declaration in the config (a list), flattened to a param
@@ -62,9 +59,11 @@ def _value_key(value: str) -> tuple:
         return (1, 0.0, _natural(value))
 
 
-def _ignored(key: str) -> bool:
-    return key in _IGNORED_EXACT or key.startswith(_IGNORED_PREFIX) or key.endswith(_IGNORED_SUFFIX) \
-        or key in BASE_AXES
+def splits_cells(key: str) -> bool:
+    """Whether runs whose param ``key`` differs are different configurations (``seqexp.identity``: it
+    changes the result, as the fingerprint says), and the key is not the seed (repeats), a grid axis
+    (a cell's own coordinates) or a param about the data."""
+    return identity.changes_result(key) and key not in (identity.SEED, *BASE_AXES, *identity.DATA_PARAMS)
 
 
 @dataclass
@@ -207,11 +206,11 @@ def tuned_keys(runs: Iterable[RunRecord], extra: Iterable[str] = ()) -> list[str
 
 
 def extra_axes(runs: Sequence[RunRecord]) -> list[str]:
-    """Flattened params that differ between runs with the same grid axes (and are not locations)."""
+    """Flattened params that differ between runs with the same grid axes and change the result."""
     by_axes: dict[tuple, list[RunRecord]] = {}
     for r in runs:
         by_axes.setdefault(tuple(r.params.get(a, MISSING) for a in BASE_AXES), []).append(r)
-    keys = sorted({k for r in runs for k in r.params if not _ignored(k)})
+    keys = sorted({k for r in runs for k in r.params if splits_cells(k)})
     extra = []
     for key in keys:
         if any(len({r.params.get(key, MISSING) for r in group}) > 1 for group in by_axes.values()):
@@ -227,8 +226,9 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
     """Cells, candidates and picks of ``runs`` (complete, FINISHED runs, one per fingerprint).
 
     ``tuned`` adds tuned keys to those of the runs' ``seqexp.tuned`` tags. A seed that appears twice in
-    one candidate (fingerprints that differ only in a location) counts once: the earliest run stays,
-    the others go to ``Grid.repeated`` with the reason.
+    one candidate (fingerprints that differ although no key that changes the result does: runs made
+    under another ``seqexp.identity.FINGERPRINT_VERSION``) counts once: the earliest run stays, the
+    others go to ``Grid.repeated`` with the reason.
     """
     tuned_all = tuned_keys(runs, tuned)
     tuned_set = set(tuned_all)
@@ -254,7 +254,7 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
             members = []
             first: dict[str, RunRecord] = {}
             for r in sorted(by_cell[key][cand], key=lambda r: (r.start_time, r.run_id)):
-                if r.seed in first:  # same cell, candidate and seed (fingerprints differ in a location only)
+                if r.seed in first:  # same cell, candidate and seed (another fingerprint version)
                     why = f"seed {r.seed} of this configuration again: duplicate of {first[r.seed].run_id}"
                     repeated.append((r, why))
                 else:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqexp.report.aggregate import _IGNORED_EXACT, DEV_METRIC, MISSING, Config, Grid, pareto_front
+from seqexp import identity
+from seqexp.report.aggregate import DEV_METRIC, MISSING, Config, Grid, pareto_front
 from seqexp.report.aso import TAU
 from seqexp.report.render import Block, Bullets, Heading, Image, Para, Table
 from seqexp.report.significance import ALPHA, MIN_SEEDS, format_p
@@ -32,7 +33,7 @@ VERDICT_RULE = (
     f"paired-bootstrap p over test sentences is below {ALPHA}; otherwise it is **not significant**. With fewer "
     f"than {MIN_SEEDS} shared seeds the seed-level test cannot run and the comparison is **inconclusive: N "
     "seed(s)**, whatever the sentence bootstrap's p (shown all the same).")
-_HYPER_PREFIX = ("optim.", "scheduler.", "head.", "freeze.")
+_HYPER_PREFIX = tuple(f"{axis}." for axis in identity.STRATEGY_AXES)
 _HYPER_SKIP_SUFFIX = (".name", ".strategy", "._target_", "._partial_", ".betas", ".eps")
 _HYPER_EXACT = {"trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.batch_size",
                 "trainer.accumulate_grad_batches", "dataset.max_train_sentences"}
@@ -87,7 +88,7 @@ def main_table(grid: Grid) -> Table:
 
 
 def _hyper(key: str) -> bool:
-    if key in _IGNORED_EXACT or key.endswith(_HYPER_SKIP_SUFFIX):
+    if not identity.changes_result(key) or key.endswith(_HYPER_SKIP_SUFFIX):
         return False
     if key.startswith(_HYPER_PREFIX) or key in _HYPER_EXACT:
         return True

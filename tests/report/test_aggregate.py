@@ -15,7 +15,7 @@ from tests.report.test_significance import corrupt, read_tags
 
 def record(run_id: str, model: str, freeze: str, seed: str, f1: float, **params: str) -> RunRecord:
     axes = {"model": model, "dataset": "conll2003", "freeze": freeze, "optim": "adam", "scheduler": "linear",
-            "head": "linear", "seed": seed, "dataset.scheme": "IOB2", "dataset.data_dir": f"/data/{seed}"}
+            "head": "linear", "seed": seed, "dataset.scheme": "IOB2", "trainer.eval_batch_size": f"{8 * int(seed or 1)}"}
     return RunRecord(run_id, f"{model}|{freeze}|adam|s{seed}", "FINISHED", "1", {**axes, **params},
                      {"test_f1": f1, "train_time_s": 10.0}, {})
 
@@ -24,7 +24,7 @@ def test_a_swept_value_outside_the_axes_splits_configurations():
     runs = [record(f"r{i}", "minilm", "unfreeze", str(i % 2), 0.9, **{"optim.lr": lr})
             for i, lr in enumerate(["1e-3", "1e-3", "1e-4", "1e-4"])]
     grid = group_configs(runs)
-    assert grid.extra_axes == ["optim.lr"]  # data_dir differs too, but is a location
+    assert grid.extra_axes == ["optim.lr"]  # the eval batch size differs too, but changes nothing
     assert [c.strategy for c in grid.configs] == ["unfreeze+adam+optim.lr=1e-3", "unfreeze+adam+optim.lr=1e-4"]
     assert "optim.lr" in grid.shown_axes and "dataset" not in grid.shown_axes
     assert all(len(c.runs) == 2 for c in grid.configs)

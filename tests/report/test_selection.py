@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from seqexp.identity import FINGERPRINT_VERSION
 from seqexp.metrics import evaluate
 from seqexp.report import build_report, collect_report
 from seqexp.report.__main__ import main
@@ -113,16 +114,29 @@ def test_older_runs_select_on_their_dev_history_not_on_test():
 
 
 def test_one_seed_run_twice_is_one_seed_even_with_another_fingerprint():
+    """The same configuration and seed under an older fingerprint version (another fingerprint tag,
+    the same params): one seed, never two."""
     runs = two_candidates()
     again = rec("a1-again", "last", "1e-3", "1", dev=0.99, test=0.99)
-    again = RunRecord(again.run_id, again.name, again.status, again.experiment_id,
-                      {**again.params, "dataset.data_dir": "/elsewhere"}, again.metrics, again.tags, start_time=5)
+    again = RunRecord(again.run_id, again.name, again.status, again.experiment_id, again.params, again.metrics,
+                      {**again.tags, "seqexp.fingerprint": "fp-of-version-1"}, start_time=5)
     grid = group_configs([*runs, again])
     cand = next(c for c in grid.candidates() if c.tuned == {"optim.lr": "1e-3"})
     assert cand.seeds == ["1", "2", "3"] and "a1-again" not in {r.run_id for r in cand.runs}
     assert [(r.run_id, why) for r, why in grid.repeated] == [
         ("a1-again", "seed 1 of this configuration again: duplicate of a1")]
     assert grid.cells[0].pick.tuned == {"optim.lr": "1e-2"}  # the repeat's dev 0.99 did not count
+
+
+def test_a_run_on_data_in_another_folder_is_another_cell():
+    """``dataset.data_dir`` changes the result (another folder may hold other files), as in the fingerprint."""
+    runs = two_candidates()
+    moved = rec("a1-moved", "last", "1e-3", "1", dev=0.99, test=0.99)
+    moved = RunRecord(moved.run_id, moved.name, moved.status, moved.experiment_id,
+                      {**moved.params, "dataset.data_dir": "/elsewhere"}, moved.metrics, moved.tags, start_time=5)
+    grid = group_configs([*runs, moved])
+    assert grid.extra_axes == ["dataset.data_dir"] and not grid.repeated
+    assert [len(c.runs) for c in grid.candidates()] == [1, 3, 3]
 
 
 def test_expected_max_known_cases():
@@ -145,7 +159,7 @@ PLAN = {("last", "1e-3"): (0.02, (0.80, 0.81, 0.82)),  # best test, worse dev
 BUDGET = {"last": (20, 12, 9), "unfreeze": (4, 4, 3)}  # max epochs, epochs run, best epoch
 
 
-def make_store(root: Path, tag: bool = True, relocated: bool = False) -> dict:
+def make_store(root: Path, tag: bool = True, older: bool = False) -> dict:
     gold = read_tags(shared_corpus("conll2003") / "eng.testb", limit=N_SENTENCES)
     uri = f"sqlite:///{root / 'mlruns.db'}"
     client = MlflowClient(uri)
@@ -153,13 +167,14 @@ def make_store(root: Path, tag: bool = True, relocated: bool = False) -> dict:
     ids: dict[tuple[str, str, str], str] = {}
     clock = 1_700_000_000_000
 
-    def log(freeze: str, lr: str, seed: str, k: int, data_dir: str = "/data/conll2003") -> str:
+    def log(freeze: str, lr: str, seed: str, k: int, version: int = FINGERPRINT_VERSION) -> str:
         nonlocal clock
         clock += 1000
         drop, devs = PLAN[(freeze, lr)]
         pred = corrupt(gold, drop, seed=100 * k + int(seed))
         result = evaluate(gold, pred, "IOB2")
-        tags = {"seqexp.fingerprint": f"fp-{freeze}-{lr}-{seed}-{data_dir}", "mlflow.source.git.commit": "abc"}
+        tags = {"seqexp.fingerprint": f"fp-{freeze}-{lr}-{seed}-v{version}", "mlflow.source.git.commit": "abc",
+                "seqexp.fingerprint_version": str(version)}
         if tag:
             tags["seqexp.tuned"] = "optim.lr"
         run = client.create_run(exp_id, start_time=clock, run_name=f"minilm|{freeze}|adam|s{seed}", tags=tags)
@@ -167,7 +182,7 @@ def make_store(root: Path, tag: bool = True, relocated: bool = False) -> dict:
         params = {"model": "minilm", "dataset": "conll2003", "freeze": freeze, "optim": "adam",
                   "scheduler": "linear", "head": "linear", "seed": seed, "optim.lr": lr,
                   "optim.weight_decay": "0.0", "trainer.max_epochs": str(BUDGET[freeze][0]),
-                  "dataset.scheme": "IOB2", "dataset.task": "ner", "dataset.data_dir": data_dir}
+                  "dataset.scheme": "IOB2", "dataset.task": "ner", "dataset.data_dir": "/data/conll2003"}
         max_e, run_e, best_e = BUDGET[freeze]
         metrics = {f"test_{k}": v for k, v in result.items() if isinstance(v, float)}
         metrics.update(best_val_f1=devs[int(seed) - 1], best_epoch=best_e, epochs_run=run_e, max_epochs=max_e,
@@ -186,8 +201,9 @@ def make_store(root: Path, tag: bool = True, relocated: bool = False) -> dict:
         for seed in ("1", "2", "3"):
             ids[(freeze, lr, seed)] = log(freeze, lr, seed, k)
     duplicate = log("unfreeze", "1e-4", "1", 99)  # the same fingerprint run again, later
-    moved = log("unfreeze", "1e-4", "2", 98, data_dir="/copy/conll2003") if relocated else None
-    return {"uri": uri, "client": client, "ids": ids, "duplicate": duplicate, "relocated": moved}
+    # The same configuration and seed, run before the fingerprint's rule changed.
+    old = log("unfreeze", "1e-4", "2", 98, version=FINGERPRINT_VERSION - 1) if older else None
+    return {"uri": uri, "client": client, "ids": ids, "duplicate": duplicate, "older": old}
 
 
 @pytest.fixture(scope="module")
@@ -257,16 +273,16 @@ def test_real_store_verdict_uses_the_picks(report):
 
 
 def test_swapping_test_metrics_in_mlflow_keeps_the_pick_and_the_flag_equals_the_tag(tmp_path, capsys):
-    s = make_store(tmp_path, tag=False, relocated=True)
+    s = make_store(tmp_path, tag=False, older=True)
     assert len(collect_report(s["uri"], "sel", bootstrap=0).grid.cells) == 4  # untuned: lr is a compared axis
     before = collect_report(s["uri"], "sel", bootstrap=0, tuned=["optim.lr"])
     assert next(c for c in before.grid.configs if c.axes["freeze"] == "last").tuned == {"optim.lr": "1e-2"}
     for (freeze, lr, _), rid in s["ids"].items():  # the picked candidate becomes the worst on test, others best
         s["client"].log_metric(rid, "test_f1", 0.01 if lr == "1e-2" else 0.99, timestamp=2_000_000_000_000, step=1)
     after = collect_report(s["uri"], "sel", bootstrap=0, tuned=["optim.lr"])
-    why = dict((r.run_id, w) for r, w in after.selection.excluded)[s["relocated"]]  # same seed, data elsewhere
+    why = dict((r.run_id, w) for r, w in after.selection.excluded)[s["older"]]  # same seed, older fingerprint
     assert why == f"seed 2 of this configuration again: duplicate of {s['ids'][('unfreeze', '1e-4', '2')]}"
-    assert s["relocated"] not in {r.run_id for r in after.selection.finished}
+    assert s["older"] not in {r.run_id for r in after.selection.finished}
     last = next(c for c in after.grid.configs if c.axes["freeze"] == "last")
     assert last.tuned == {"optim.lr": "1e-2"} and last.mean("test_f1") == pytest.approx(0.01)
     out = tmp_path / "cli"
