@@ -82,3 +82,17 @@ def test_only_mix_and_head_train_at_the_head_rate_and_are_checkpointed(mini_conl
     mask = raw["word_mask"]
     torch.testing.assert_close(emissions(tagger, batch)[mask], emissions(uncached.tagger, raw)[mask],
                                atol=2e-2, rtol=2e-3)
+
+
+def test_word_pooling_of_all_layers_is_each_layers_pooling():
+    from seqexp.models.tagger import pool_words
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 3, 4, generator=g)  # [B, T, L + 1, H]
+    starts = torch.tensor([[1, 2, 5], [1, 3, 4]])
+    ends = torch.tensor([[2, 5, 6], [3, 4, 6]])
+    for how in ("first", "last", "mean"):
+        pooled = pool_words(hidden, starts, ends, how)
+        assert pooled.shape == (2, 3, 3, 4)
+        for j in range(3):
+            torch.testing.assert_close(pooled[:, :, j], pool_words(hidden[:, :, j], starts, ends, how))
