@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from seqexp.errors import ConfigError
-from seqexp.strategies.base import Strategy, frozen_subtrees
+from seqexp.strategies.base import Strategy
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,9 +72,10 @@ class PeftAdapter(Strategy):
         return {n for n, _ in encoder.named_parameters() if f".{self.prefix}" in n}
 
     def eval_modules(self, encoder: nn.Module, phase: int) -> list[nn.Module]:
-        frozen = {id(m) for m in frozen_subtrees(encoder, self.trainable(encoder, phase))}
-        # LoRA's dropout is a parameter-free leaf of a ModuleDict inside the adapted layer: it follows that layer.
-        return [m for n, m in encoder.named_modules() if id(m) in frozen and f".{self.prefix}dropout" not in n]
+        # As in the papers (Hu et al.; Liu et al.), adapters train inside a model in train mode: every dropout
+        # of the frozen encoder stays on, whatever the architecture's module layout (BERT's hidden-state
+        # dropout sits beside frozen weights only, ALBERT's beside adapted ones).
+        return []
 
     def static(self, phase: int) -> bool:
         return False
