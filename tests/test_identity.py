@@ -118,7 +118,7 @@ def test_identity_imports_without_torch():
 
 
 def test_runs_differing_only_in_eval_batch_size_are_one_configuration(tmp_path: Path, mini_conll):
-    """A real job, then the same job with another eval batch size: skipped as done. Forced with
+    """A real sweep over the eval batch size: its second job is the first, already FINISHED. Forced with
     rerun=true, it logs the same dev and test scores (padding is masked), and the report keeps one run."""
     from mlflow import MlflowClient
 

@@ -24,10 +24,12 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 from seqexp.errors import ReportError  # noqa: F401  (defined with every user error)
 
+from seqexp import identity
+
 SWEEP_TAG = "seqexp.sweep_id"
 ROLE_TAG = "seqexp.role"
 PARENT_TAG = "mlflow.parentRunId"
-FINGERPRINT_TAG = "seqexp.fingerprint"
+FINGERPRINT_TAG = identity.FINGERPRINT_TAG
 REQUIRED_METRIC = "test_f1"
 PREDICTIONS = "test_predictions.conll"
 _PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
