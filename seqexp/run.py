@@ -150,6 +150,10 @@ def make_trainer(cfg: DictConfig, callbacks=()):
 
         callbacks.append(MmapThreshold(t.host_mmap_threshold_mib))
     checkpointing = any(isinstance(c, Checkpoint) for c in callbacks)
+    if not sys.stderr.isatty():  # logged to a file: a line every 10% of an epoch instead of a bar
+        from seqexp.progress import LineProgress
+
+        callbacks.append(LineProgress(10))
     plugins = []
     if checkpointing:
         from seqexp.training.checkpoints import StreamingCheckpointIO
@@ -163,7 +167,7 @@ def make_trainer(cfg: DictConfig, callbacks=()):
         check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
         logger=False, enable_checkpointing=checkpointing, plugins=plugins,
         enable_model_summary=False,
-        num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=callbacks,
+        num_sanity_val_steps=0, enable_progress_bar=True, callbacks=callbacks,
     )
 
 
@@ -197,17 +201,19 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
     tagger, dm, splits = built.tagger, built.datamodule, built.splits
     trainable, total = count_parameters(tagger)
     log.info("parameters: %s trainable of %s (%s)", f"{trainable:,}", f"{total:,}", cfg.freeze.strategy)
-    tracker.log_params({"labels": " ".join(built.labels)})
-    tracker.log_metrics({
-        "trainable_params": trainable, "total_params": total,
-        **{f"{k}_sentences": len(v) for k, v in splits.items()},
-        **{f"{k}_split_sentences": v for k, v in dm.split_counts.items()},
-    })
+    tracker.log_params({"labels": " ".join(built.labels),  # split sizes: bookkeeping, not curves
+                        **{f"{k}_sentences": len(v) for k, v in splits.items()},
+                        **{f"{k}_split_sentences": v for k, v in dm.split_counts.items()}})
+    tracker.log_metrics({"trainable_params": trainable, "total_params": total})
+    tracker.log_inputs(cfg, splits)
 
     from seqexp.training import faults
     from seqexp.training.stopping import recorded_stop
 
+    from seqexp.progress import StepLoss
+
     callbacks = [faults.callback(cfg.fault)] if cfg.fault.kind else []
+    callbacks.append(StepLoss(tracker.log_metrics, cfg.trainer.log_every_n_steps))
     saver = None
     with contextlib.ExitStack() as stack:
         if cfg.trainer.checkpoint_every_n_steps is not None:
@@ -236,8 +242,9 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
         metrics = {"train_time_s": train_time, "max_epochs": float(cfg.trainer.max_epochs),
                    "epochs_run": float(trainer.fit_loop.epoch_progress.current.completed)}
         if tagger.first_step_at is not None and _job_started is not None:
-            metrics["startup_s"] = tagger.first_step_at - _job_started
-            log.info("first training step %.1fs after the %s started", metrics["startup_s"],
+            startup = tagger.first_step_at - _job_started
+            tracker.set_tags({"startup_s": f"{startup:.2f}"})
+            log.info("first training step %.1fs after the %s started", startup,
                      "process" if _job_started == PROCESS_STARTED else "job")
         tested = best.best_model_path if best is not None and best.best_model_path else None
         trainer.test(tagger, datamodule=dm, ckpt_path=tested, verbose=False)
@@ -253,7 +260,7 @@ def train_and_test(cfg: DictConfig, tracker, resume=None) -> dict:
     metrics.update({f"test_{k}": v for k, v in result.items() if isinstance(v, float)})
     for kind, scores in result.get("per_type", {}).items():
         metrics.update({f"test_{m}_{metric_safe(kind)}": scores[m] for m in ("precision", "recall", "f1")})
-    tracker.log_metrics(metrics, step=trainer.current_epoch)
+    tracker.log_metrics(metrics, step=0)  # one value per run: MLflow's charts draw it as a bar per run
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(format_report(result), "test_report.txt")
     tracker.log_text(json.dumps(result, indent=2, sort_keys=True), "test_metrics.json")

@@ -119,6 +119,11 @@ def text_op(text: str, artifact_file: str) -> dict[str, Any]:
     return {"op": "text", "text": text, "artifact_file": artifact_file}
 
 
+def inputs_op(datasets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dataset inputs (``mlflow.log_input``): ``[{"dataset": Dataset.to_dict(), "context": "training"}]``."""
+    return {"op": "inputs", "datasets": datasets}
+
+
 def terminate_op(status: str) -> dict[str, Any]:
     return {"op": "terminate", "status": status, "end_time": int(time.time() * 1000)}
 
@@ -142,6 +147,12 @@ def apply(client, run_id: str, op: dict[str, Any]) -> None:
             client.log_batch(run_id, tags=items[i : i + 100], synchronous=True)
     elif kind == "text":
         client.log_text(run_id, op["text"], op["artifact_file"])
+    elif kind == "inputs":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        client.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(**d["dataset"]), tags=[InputTag("mlflow.data.context", d["context"])])
+            for d in op["datasets"]])
     elif kind == "terminate":
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:
