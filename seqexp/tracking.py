@@ -51,7 +51,7 @@ DESCRIPTION_TAG = "mlflow.note.content"
 # workflow switch is off and writes it itself once it infers a kind; with the switch on (3.17), the view
 # comes from the URL's `workflowType` (see ``ui_url``).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-# Config keys kept out of a run's params: where things are, how a test breaks a run, and Hydra's own
+# Config keys kept out of a run's params: where things are, the test-only fault while it is off, and Hydra's own
 # instantiation keys. They are in the run's config.yaml artifact; params hold what a user compares or needs
 # to reproduce (the keys that are not in the fingerprint either: ``seqexp.sweep.NOT_FINGERPRINTED``).
 _NOT_PARAMS = ("hydra", "fault")
@@ -245,12 +245,13 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
 def run_params(cfg: DictConfig, axes: Mapping[str, str]) -> dict[str, str]:
     """A run's params: the grid axes (``model``, ``freeze``, ...) and every resolved value a user compares or
     needs to reproduce the run. Unset (null) values are left out rather than stored as the string "None";
-    so are locations, test-only faults, Hydra's ``_target_`` keys and ``<axis>.strategy`` where it repeats
+    so are locations, the test-only ``fault.*`` while no fault is set, Hydra's ``_target_`` keys and ``<axis>.strategy`` where it repeats
     the axis (``freeze.strategy`` is ``freeze``)."""
     from seqexp.sweep import NOT_FINGERPRINTED
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    skipped = (*NOT_FINGERPRINTED, *_NOT_PARAMS)
+    fault_off = (container.get("fault") or {}).get("kind") is None  # an injected fault is part of the run
+    skipped = (*NOT_FINGERPRINTED, *(k for k in _NOT_PARAMS if k != "fault" or fault_off))
     params: dict[str, str] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:

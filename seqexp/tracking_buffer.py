@@ -128,6 +128,27 @@ def terminate_op(status: str) -> dict[str, Any]:
     return {"op": "terminate", "status": status, "end_time": int(time.time() * 1000)}
 
 
+def _log_inputs(client, run_id: str, datasets: list[dict[str, Any]]) -> None:
+    """Dataset inputs. Jobs started together create the experiment's same dataset at once (a unique key in
+    MLflow's database): the loser tries again and finds it. Inputs are a view of the run, never its outcome,
+    so a write the store still refuses is logged, not raised; an outage is raised (the outbox keeps it)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [DatasetInput(Dataset(**d["dataset"]), tags=[InputTag("mlflow.data.context", d["context"])])
+              for d in datasets]
+    for attempt in range(4):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if unreachable(exc):
+                raise
+            if attempt == 3:
+                log.warning("dataset inputs of run %s not logged: %s", run_id, _reason(exc))
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+
 def apply(client, run_id: str, op: dict[str, Any]) -> None:
     """Deliver one write. Re-delivering one is harmless (MLflow keeps one copy of equal values)."""
     from mlflow.entities import Metric, Param, RunTag
@@ -148,11 +169,7 @@ def apply(client, run_id: str, op: dict[str, Any]) -> None:
     elif kind == "text":
         client.log_text(run_id, op["text"], op["artifact_file"])
     elif kind == "inputs":
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        client.log_inputs(run_id, datasets=[
-            DatasetInput(Dataset(**d["dataset"]), tags=[InputTag("mlflow.data.context", d["context"])])
-            for d in op["datasets"]])
+        _log_inputs(client, run_id, op["datasets"])
     elif kind == "terminate":
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:
