@@ -3,7 +3,7 @@
 #   make demo-2x the demo with every max_epochs budget doubled (is any verdict the budget's?)
 #   make strategies  the strategies study: MiniLM x every fine-tuning strategy x 3 seeds (hours; resumable)
 #   make test    the test suite (what CI runs)
-#   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db
+#   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db; prints the URL of each study's runs table
 #   make report  EXP=<experiment or sweep id>: reports/<EXP>/report.{md,html}
 #   make run     ARGS="model=tiny-bert freeze=last ...": one run (or ARGS="-m ..." a sweep)
 #   make bench   seqexp against the Hugging Face Trainer recipe (benchmarks/README.md)
@@ -57,10 +57,12 @@ run: install
 	$(PY) -m seqexp.run $(ARGS)
 
 report: install
-	$(PY) -m seqexp.report $(EXP) --uri sqlite:///$(abspath $(MLFLOW_DB))
+	$(PY) -m seqexp.report $(EXP) --uri sqlite:///$(abspath $(MLFLOW_DB)) --ui-url http://127.0.0.1:$(PORT)
 
+# Prints "open http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning" per study (seqexp/ui.py):
+# MLflow 3 otherwise lands on its GenAI overview. make ui EXP=demo prints only that study's.
 ui: install
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_DB)) --host 127.0.0.1 --port $(PORT)
+	$(PY) -m seqexp.ui --uri sqlite:///$(abspath $(MLFLOW_DB)) --port $(PORT) $(if $(filter command line,$(origin EXP)),--experiment $(EXP),)
 
 # seqexp against the Hugging Face Trainer recipe on this machine (needs a quiet machine):
 # writes benchmarks/results/<date>.{json,md}.  make bench ARGS="--quick --force" is a smoke test.

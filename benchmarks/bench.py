@@ -364,7 +364,7 @@ def side_seqexp_startup(spec: dict) -> dict:
     """Time from ``python -m seqexp.run`` to its first training step, warm: features cached, DB exists.
 
     A 1-epoch head-only run on the head-only side's feature cache, twice (the second with
-    rerun=true); each logs ``startup_s`` (process start to first step) to MLflow.
+    rerun=true); each tags its MLflow run with ``startup_s`` (process start to first step).
     """
     tmp = Path(spec["tmp"]) / "seqexp-startup"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -378,8 +378,8 @@ def side_seqexp_startup(spec: dict) -> dict:
         subprocess.run([*base, *extra], cwd=REPO, check=True)
         walls.append(time.perf_counter() - t0)
     with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT r.start_time, m.value FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-                           "WHERE m.key = 'startup_s' ORDER BY r.start_time").fetchall()
+        rows = con.execute("SELECT r.start_time, CAST(t.value AS REAL) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                           "WHERE t.key = 'startup_s' ORDER BY r.start_time").fetchall()  # a tag: bookkeeping
     return {"startup_s_cold_db": rows[0][1], "startup_s_warm": rows[-1][1], "process_wall_s": walls,
             "command": shlex.join(base)}
 

@@ -118,6 +118,10 @@ def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
 
         callbacks.append(MmapThreshold(t.host_mmap_threshold_mib))
     checkpointing = any(isinstance(c, Checkpoint) for c in callbacks)
+    if not sys.stderr.isatty():  # logged to a file: a line every 10% of an epoch instead of a bar
+        from seqexp.progress import LineProgress
+
+        callbacks.append(LineProgress(10))
     plugins = []
     if checkpointing:
         from seqexp.training.checkpoints import StreamingCheckpointIO
@@ -132,7 +136,7 @@ def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
         check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
         logger=False, enable_checkpointing=checkpointing, plugins=plugins,
         enable_model_summary=False,
-        num_sanity_val_steps=0, enable_progress_bar=sys.stderr.isatty(), callbacks=callbacks,
+        num_sanity_val_steps=0, enable_progress_bar=True, callbacks=callbacks,
     )
 
 
@@ -175,8 +179,9 @@ def train_and_test(cfg: DictConfig, tracker, resume=None, job_started: float | N
             log.info("checkpoints: %d saved to %s, %.2fs each on average", len(saver.save_seconds), saver.path,
                      sum(saver.save_seconds) / len(saver.save_seconds))
         if tagger.first_step_at is not None and job_started is not None:
-            metrics["startup_s"] = tagger.first_step_at - job_started
-            log.info("first training step %.1fs after the %s started", metrics["startup_s"], since)
+            startup = tagger.first_step_at - job_started
+            tracker.set_tags({"startup_s": f"{startup:.2f}"})
+            log.info("first training step %.1fs after the %s started", startup, since)
         tested = best.best_model_path if best is not None and best.best_model_path else None
         trainer.test(tagger, datamodule=dm, ckpt_path=tested, verbose=False)  # test: the best dev weights
     if tested is not None:
@@ -188,27 +193,28 @@ def train_and_test(cfg: DictConfig, tracker, resume=None, job_started: float | N
         tracker.set_tags({"selection": f"best dev epoch ({cfg.trainer.monitor})"})
     else:
         tracker.set_tags({"selection": "last epoch (no dev evaluation)"})
-    log_results(cfg, built, tracker, metrics, step=trainer.current_epoch)
+    log_results(cfg, built, tracker, metrics)
     return metrics
 
 
 def log_sizes(cfg: DictConfig, built: Built, tracker) -> None:
     trainable, total = built.tagger.parameter_counts()
     log.info("parameters: %s trained of %s (%s)", f"{trainable:,}", f"{total:,}", cfg.freeze.strategy)
-    tracker.log_params({"labels": " ".join(built.labels)})
-    tracker.log_metrics({
-        "trainable_params": trainable, "total_params": total,
-        **{f"{k}_sentences": len(v) for k, v in built.splits.items()},
-        **{f"{k}_split_sentences": v for k, v in built.datamodule.split_counts.items()},
-    })
+    tracker.log_params({"labels": " ".join(built.labels),  # split sizes: bookkeeping, not curves
+                        **{f"{k}_sentences": len(v) for k, v in built.splits.items()},
+                        **{f"{k}_split_sentences": v for k, v in built.datamodule.split_counts.items()}})
+    tracker.log_metrics({"trainable_params": trainable, "total_params": total})
+    tracker.log_inputs(cfg, built.splits)
 
 
 def run_callbacks(cfg: DictConfig, tracker, stack: contextlib.ExitStack):
     """(callbacks, last-checkpoint saver or None, best-dev saver or None): fault injection, resume
     checkpoints, and selection on dev."""
+    from seqexp.progress import StepLoss
     from seqexp.training import faults
 
     callbacks = [faults.callback(cfg.fault)] if cfg.fault.kind else []
+    callbacks.append(StepLoss(tracker.log_metrics, cfg.trainer.log_every_n_steps))
     saver = best = None
     if cfg.trainer.checkpoint_every_n_steps is not None:
         from seqexp.sweep import fingerprint
@@ -227,14 +233,14 @@ def run_callbacks(cfg: DictConfig, tracker, stack: contextlib.ExitStack):
     return callbacks, saver, best
 
 
-def log_results(cfg: DictConfig, built: Built, tracker, metrics: dict, step: int) -> None:
+def log_results(cfg: DictConfig, built: Built, tracker, metrics: dict) -> None:
     from seqexp.metrics import format_report
 
     result = built.tagger.results["test"]
     metrics.update({f"test_{k}": v for k, v in result.items() if isinstance(v, float)})
     for kind, scores in result.get("per_type", {}).items():
         metrics.update({f"test_{m}_{metric_safe(kind)}": scores[m] for m in ("precision", "recall", "f1")})
-    tracker.log_metrics(metrics, step=step)
+    tracker.log_metrics(metrics, step=0)  # one value per run: MLflow's charts draw it as a bar per run
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     tracker.log_text(format_report(result), "test_report.txt")
     tracker.log_text(json.dumps(result, indent=2, sort_keys=True), "test_metrics.json")

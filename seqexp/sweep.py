@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,38 @@ def check_tuned(config: DictConfig) -> None:
             "hyperparameters to tune there, and run one study per compared value (e.g. model=...)")
 
 
+def sweep_grid(config: DictConfig) -> tuple[dict[str, list[str]], dict[str, str], int | None]:
+    """(swept key -> its values, fixed override -> value, number of jobs) of a sweep's command.
+
+    The sweeper's params (an experiment's ``hydra.sweeper.params``) come first; a command-line override of
+    the same key replaces them, as Hydra's basic sweeper does. An Optuna search has ``n_trials`` jobs.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in config.hydra.overrides.task]
+    chosen: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        chosen[override.get_key_element().lstrip("+~")] = override
+    axes = {k: list(o.sweep_string_iterator()) for k, o in chosen.items() if o.is_sweep_override()}
+    fixed = {k: o.get_value_element_as_str() for k, o in chosen.items() if not o.is_sweep_override()}
+    trials = OmegaConf.select(config, "hydra.sweeper.optuna_config.n_trials")
+    if OmegaConf.select(config, "hydra.sweeper.optuna_config") is not None or trials is not None:
+        return {k: [v] for k, v in search_space(config).items()}, fixed, int(trials) if trials is not None else None
+    jobs = 1
+    for values in axes.values():
+        jobs *= len(values)
+    return axes, fixed, jobs
+
+
+def sweep_title(experiment: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> str:
+    """A parent run's name: the experiment, what it sweeps, and the groups its command fixed,
+    e.g. ``demo: freeze.lr_scale=3,10,30 optim=adam,sgd seed=1,2,3 (model=minilm freeze=last)``."""
+    swept = " ".join(f"{k}={','.join(v)}" for k, v in axes.items()) or "one job"
+    shown = " ".join(f"{k}={v}" for k, v in fixed.items() if "." not in k and "/" not in k and k != "experiment")
+    return f"{experiment}: {swept}" + (f" ({shown})" if shown else "")
+
+
 def _sweep_id(config: DictConfig) -> str:
     overrides = sorted(str(o) for o in config.hydra.overrides.task)
     params = config.hydra.sweeper.get("params") or OmegaConf.select(config, "hydra.sweeper.optuna_config.params")
@@ -129,6 +161,8 @@ class SweepInfo:
     uri: str
     experiment: str
     outcome_dir: str
+    axes: list[str] = field(default_factory=list)  # the swept keys: a job's grid.<key> tags
+    jobs: int | None = None  # how many jobs the sweep runs (None: not known in advance)
 
     @classmethod
     def for_current_job(cls) -> "SweepInfo | None":
@@ -297,7 +331,8 @@ def job_tags(cfg: DictConfig, fp: str, overrides: list[str]) -> dict[str, str]:
                      "seqexp.role": "job"})
         for override in overrides:
             key, _, value = override.lstrip("+~").partition("=")
-            tags[f"grid.{key}"] = value
+            if key in info.axes:  # what the sweep varies, not what its command fixed (experiment=demo)
+                tags[f"grid.{key}"] = value
     return tags
 
 
@@ -321,8 +356,15 @@ class SweepCallback(Callback):
         with tracking.store_lock(uri):  # identical sweeps started together share one parent run
             parent = self._parent_run(client, config, exp_id, sweep_id, uri)
         outcome_dir = Path(tempfile.mkdtemp(prefix=f"seqexp-sweep-{sweep_id}-"))
-        self.info = SweepInfo(sweep_id, parent, uri, config.tracking.experiment, str(outcome_dir))
+        from mlflow.entities import Param
+
+        axes, fixed, jobs = sweep_grid(config)
+        client.log_batch(parent, params=[Param(k, ",".join(v)[:6000]) for k, v in axes.items()], synchronous=True)
+        client.set_tag(parent, "mlflow.runName", sweep_title(config.tracking.experiment, axes, fixed))
+        self.info = SweepInfo(sweep_id, parent, uri, config.tracking.experiment, str(outcome_dir),
+                              list(axes), jobs)
         os.environ[SWEEP_ENV] = json.dumps(asdict(self.info))
+        self.started = time.monotonic()
 
     @staticmethod
     def _parent_run(client, config: DictConfig, exp_id: str, sweep_id: str, uri: str) -> str:
@@ -334,7 +376,9 @@ class SweepCallback(Callback):
             log.info("resuming sweep %s (parent run %s)", sweep_id, parent)
         else:
             overrides = " ".join(str(o) for o in config.hydra.overrides.task)
-            run = client.create_run(exp_id, run_name=f"sweep {sweep_id}", tags={
+            axes, fixed, _ = sweep_grid(config)
+            run = client.create_run(exp_id, run_name=sweep_title(config.tracking.experiment, axes, fixed), tags={
+                **tracking.context_tags(),
                 "seqexp.role": "sweep", "seqexp.sweep_id": sweep_id, "overrides": overrides,
                 "command": tracking.command_line(),
                 "mlflow.source.git.commit": tracking.git_commit(),
@@ -342,6 +386,26 @@ class SweepCallback(Callback):
             parent = run.info.run_id
             log.info("sweep %s: parent run %s in %s", sweep_id, parent, uri)
         return parent
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        info = SweepInfo.for_current_job()
+        if info is None:
+            return
+        self._job_started = time.monotonic()
+        num = HydraConfig.get().job.num
+        of = f" of {info.jobs}" if info.jobs else ""
+        print(f"seqexp: job {num + 1}{of}: {' '.join(HydraConfig.get().overrides.task)}", flush=True)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        info = SweepInfo.for_current_job()
+        if info is None or getattr(self, "_job_started", None) is None:
+            return
+        num = HydraConfig.get().job.num
+        mine = Path(info.outcome_dir) / f"{num:05d}.json"
+        status = json.loads(mine.read_text())["status"] if mine.is_file() else "FAILED"
+        took = time.monotonic() - self._job_started
+        (Path(info.outcome_dir) / f"{num:05d}.time").write_text(json.dumps({"s": took, "status": status}))
+        print(f"seqexp: {progress_line(info, num, status, took)}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         info = self.info
@@ -352,11 +416,75 @@ class SweepCallback(Callback):
         print(summary_table(outcomes, info), flush=True)
         failed = [o for o in outcomes if o.status in ("FAILED", "KILLED")]
         client = tracking.client(info.uri)
+        try:
+            summarise_parent(client, info, outcomes, config)
+        except Exception as exc:  # noqa: BLE001 -- the sweep's outcome stands without its summary
+            log.warning("could not write the sweep's summary into parent run %s: %s", info.parent_run_id, exc)
         client.set_terminated(info.parent_run_id, "FAILED" if failed else "FINISHED")
         if failed:
             print(f"seqexp: {len(failed)} of {len(outcomes)} jobs failed (recorded as FAILED in MLflow)",
                   file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def progress_line(info: SweepInfo, num: int, status: str, took: float) -> str:
+    """"job 5 of 12 FINISHED in 1 min 23 s; so far 4 finished, 0 failed, 1 skipped; about 9 min left"."""
+    times = [json.loads(p.read_text()) for p in Path(info.outcome_dir).glob("*.time")]
+    counts = {s: sum(t["status"] == s for t in times) for s in ("FINISHED", "FAILED", "SKIPPED", "KILLED")}
+    trained = [t["s"] for t in times if t["status"] != "SKIPPED"]
+    line = (f"job {num + 1}{f' of {info.jobs}' if info.jobs else ''} {status} in {_duration(took)}; so far "
+            f"{counts['FINISHED']} finished, {counts['FAILED'] + counts['KILLED']} failed, "
+            f"{counts['SKIPPED']} skipped")
+    left = info.jobs - len(times) if info.jobs else None
+    if left is not None and left > 0 and trained:
+        line += f"; about {_duration(left * sum(trained) / len(trained))} left ({left} job{'s' if left != 1 else ''})"
+    return line
+
+
+def summarise_parent(client, info: SweepInfo, outcomes: list[Outcome], config: DictConfig) -> None:
+    """The parent run as the sweep's summary: counts and best test F1 as metrics, the best run's id as a
+    tag, and a description saying what was compared and how to see it in the UI."""
+    from mlflow.entities import Metric, RunTag
+
+    done = [o for o in outcomes if o.test_f1 is not None]
+    best = max(done, key=lambda o: o.test_f1, default=None)
+    now = int(time.time() * 1000)
+    counts = {"jobs_finished": sum(o.status == "FINISHED" for o in outcomes),
+              "jobs_failed": sum(o.status in ("FAILED", "KILLED") for o in outcomes),
+              "jobs_skipped": sum(o.status == "SKIPPED" for o in outcomes)}
+    metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()]
+    tags = {tracking.DESCRIPTION_TAG: sweep_description(info, outcomes, best, config)}
+    if best is not None:
+        metrics.append(Metric("best_test_f1", float(best.test_f1), now, 0))
+        tags.update({"best_run_id": best.run_id, "best_run_name": best.name})
+    client.log_batch(info.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()],
+                     synchronous=True)
+
+
+def sweep_description(info: SweepInfo, outcomes: list[Outcome], best: Outcome | None, config: DictConfig) -> str:
+    axes, fixed, _ = sweep_grid(config)
+    grid = "; ".join(f"`{k}` ∈ {{{', '.join(v)}}}" for k, v in axes.items()) or "a single configuration"
+    tuned = ", ".join(f"`{k}`" for k in (config.get("tuned") or [])) or "nothing"
+    lines = [f"**Sweep of experiment `{info.experiment}`** ({len(outcomes)} jobs): {grid}. "
+             f"Tuned on dev: {tuned}; every other swept key is compared, seeds are repeats.", ""]
+    if best is not None:
+        lines.append(f"Best test F1: **{best.test_f1:.4f}**, run `{best.name}` (`{best.run_id}`, tag `best_run_id`).")
+    lines += ["", "Compare the jobs (the child runs, nested under this run): `make ui` prints the URL of the saved "
+              f"comparison (the shared view `{tracking.COMPARE_VIEW}`: parallel coordinates of `model`, `freeze`, "
+              "`optim` against `test_f1`, and `test_f1` per run). By hand, 3 clicks: the **Chart** view (second "
+              "icon above the runs), **Add chart → Parallel coordinates**, then pick the params `model`, `freeze`, "
+              "`optim` and the metric `test_f1`.", "",
+              "`make report` (`python -m seqexp.report`) attaches the full report (tables, plots, significance "
+              "tests) to this run, under the artifacts `report/`."]
+    return "\n".join(lines)
 
 
 def summary_table(outcomes: list[Outcome], info: SweepInfo) -> str:

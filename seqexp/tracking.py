@@ -26,6 +26,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,14 +36,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqexp import identity
 from seqexp.errors import ConfigError, StoreError  # noqa: F401  (StoreError: defined with every user error)
-from seqexp.tracking_buffer import (KILLED_WAIT_S, Outbox, TrackingUnavailableError, metrics_op, params_op,
-                                    tags_op, terminate_op, text_op)
+from seqexp.tracking_buffer import (KILLED_WAIT_S, Outbox, TrackingUnavailableError, inputs_op, metrics_op,
+                                    params_op, tags_op, terminate_op, text_op)
 
 # Grid axes: the config groups whose chosen option names become short top-level params.
 AXES = identity.AXES
 _MAX_PARAM = 6000
 # Default of `tracking.outage_wait_s`: how long the end of a run waits for a lost server.
 OUTAGE_WAIT_S = 120.0
+# MLflow's run and experiment description (what its UI shows and edits under "Description").
+DESCRIPTION_TAG = "mlflow.note.content"
+# MLflow's experiment-level setting of what kind of work an experiment holds. MLflow 3's UI reads it where its
+# workflow switch is off and writes it itself once it infers a kind; with the switch on (3.17), the view
+# comes from the URL's `workflowType` (see ``ui_url``).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# Config keys kept out of a run's params: where things are, the test-only fault while it is off, and Hydra's own
+# instantiation keys. They are in the run's config.yaml artifact; params hold what a user compares or needs
+# to reproduce (the keys that change the result: ``seqexp.identity.changes_result``).
+_NOT_PARAMS = ("hydra", "fault")
+_NOT_PARAM_SUFFIXES = ("._target_", "._partial_", "._recursive_", "._convert_")
 log = logging.getLogger("seqexp.tracking")
 
 
@@ -201,7 +213,9 @@ def experiment_id(mlflow_client, name: str, uri: str) -> str:
         return found.experiment_id
     with store_lock(uri):
         try:
-            return mlflow_client.create_experiment(name, artifact_location=artifact_root(uri))
+            created = mlflow_client.create_experiment(name, artifact_location=artifact_root(uri))
+            describe_experiment(mlflow_client, created)
+            return created
         except Exception:
             found = mlflow_client.get_experiment_by_name(name)
             if found is None:
@@ -221,6 +235,156 @@ def flatten(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, 
         else:
             flat[name] = str(value)[:_MAX_PARAM]
     return flat
+
+
+def run_params(cfg: DictConfig, axes: Mapping[str, str]) -> dict[str, str]:
+    """A run's params: the grid axes (``model``, ``freeze``, ...) and every resolved value a user compares or
+    needs to reproduce the run. Unset (null) values are left out rather than stored as the string "None";
+    so are locations, the test-only ``fault.*`` while no fault is set, Hydra's ``_target_`` keys and ``<axis>.strategy`` where it repeats
+    the axis (``freeze.strategy`` is ``freeze``)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    fault_off = (container.get("fault") or {}).get("kind") is None  # an injected fault is part of the run
+    skipped = tuple(k for k in _NOT_PARAMS if k != "fault" or fault_off)
+    params: dict[str, str] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if (not identity.changes_result(name) or any(name == x or name.startswith(x + ".") for x in skipped)
+                    or name.endswith(_NOT_PARAM_SUFFIXES)):
+                continue
+            if isinstance(value, Mapping):
+                walk(value, name + ".")
+            elif value is not None and value != []:
+                params[name] = str(value)[:_MAX_PARAM]
+
+    walk(container, "")
+    for axis, value in axes.items():
+        params[axis] = str(value)
+        if params.get(f"{axis}.strategy") == str(value):
+            del params[f"{axis}.strategy"]
+    return params
+
+
+def run_description(cfg: DictConfig, axes: Mapping[str, str]) -> str:
+    """The run's MLflow description: what it trained, on what, and how it was tested."""
+    data = OmegaConf.select(cfg, "dataset.max_train_sentences")
+    size = f"the first {data:,} training sentences of " if data else ""
+    return (f"**{axes.get('model', '?')}**, strategy `freeze={axes.get('freeze', '?')}`, optimizer "
+            f"`optim={axes.get('optim', '?')}`, seed {axes.get('seed', '?')}: trained on {size}"
+            f"`{axes.get('dataset', '?')}`, tested with the weights of its best dev epoch "
+            f"(`{OmegaConf.select(cfg, 'trainer.monitor', default='val_f1')}`). Final scores are the `test_*` "
+            "metrics (one value each, step 0); per-epoch curves are `train_loss` and `val_*`; the whole "
+            "config is the artifact `config.yaml`.")
+
+
+def context_tags() -> dict[str, str]:
+    """MLflow's own run context: ``mlflow.user``, ``mlflow.source.name``/``type``, git commit and repo."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: str(v) for k, v in resolve_tags().items()}
+    if sys.argv and sys.argv[0].endswith(("seqexp/run.py", "seqexp\\run.py")):
+        tags["mlflow.source.name"] = "python -m seqexp.run"
+    return tags
+
+
+def dataset_inputs(cfg: DictConfig, splits: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One MLflow dataset per split (``mlflow.log_input``): its file as the source and a digest of its
+    words and tags, so that the runs table's Dataset column tells which runs saw the same data."""
+    import hashlib
+    import json
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    name = OmegaConf.select(cfg, "dataset.name", default="dataset")
+    contexts = {"train": "training", "dev": "validation", "test": "testing"}
+    out = []
+    for split, sentences in splits.items():
+        digest = hashlib.sha256()
+        words = 0
+        for sentence in sentences:
+            digest.update(json.dumps([sentence.words, sentence.tags]).encode())
+            words += len(sentence.words)
+        origin = getattr(sentences[0], "origin", "") if sentences else ""
+        path = origin.rsplit(":", 1)[0] if origin else str(Path(str(cfg.cache_dir)).expanduser())
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local file
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(Path(path).resolve()))
+        entity = MetaDataset(source=source, name=f"{name}/{split}", digest=digest.hexdigest()[:8]).to_dict()
+        entity["profile"] = json.dumps({"sentences": len(sentences), "words": words})
+        out.append({"dataset": entity, "context": contexts.get(split, split)})
+    return out
+
+
+def describe_experiment(mlflow_client, exp_id: str) -> None:
+    """Mark the experiment as model training (MLflow's experiment kind) and give it a description."""
+    tags = mlflow_client.get_experiment(exp_id).tags
+    if tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow_client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    view = compare_view_state()
+    if tags.get(SHARED_VIEW_TAG + COMPARE_VIEW) != view:
+        mlflow_client.set_experiment_tag(exp_id, SHARED_VIEW_TAG + COMPARE_VIEW, view)
+    if DESCRIPTION_TAG not in tags:
+        mlflow_client.set_experiment_tag(exp_id, DESCRIPTION_TAG, (
+            "A seqexp study: fine-tuning strategies for sequence labeling compared run by run. Each sweep is a "
+            "parent run (its name gives the grid; it holds the best test F1 and the report); its jobs are the "
+            "child runs, one per model × strategy × optimizer × seed. Compare them in the Chart view with "
+            "`test_f1`, or see the parent run's description for the parallel-coordinates chart."))
+
+
+# The saved comparison: a view of the runs page stored the way MLflow's own "Share" stores one (experiment tag
+# `mlflow.sharedViewState.<key>`, opened with `?viewStateShareKey=<key>`): the jobs only (a search on the
+# seqexp.role tag, so the parent's summary does not take a slot), every run shown (not MLflow's first 10),
+# the compared params and test_f1 as columns, and first among the charts parallel coordinates of
+# model/freeze/optim against test_f1 and test_f1 per run.
+COMPARE_VIEW = "seqexp-compare"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+COMPARED_PARAMS = ("model", "freeze", "optim")
+
+
+def compare_view_state() -> str:
+    import json
+
+    section, model, system = "seqexp-comparison", "seqexp-model-metrics", "seqexp-system-metrics"
+    card = {"runsCountToCompare": 100, "metricSectionId": section, "deleted": False, "isGenerated": False}
+    charts = [
+        {**card, "uuid": "seqexp-parallel", "type": "PARALLEL", "selectedParams": list(COMPARED_PARAMS),
+         "selectedMetrics": ["test_f1"], "showAllRuns": True, "displayName": "test F1 by model, strategy, optimizer"},
+        {**card, "uuid": "seqexp-test-f1", "type": "BAR", "metricKey": "test_f1", "displayName": "test_f1 per run"},
+        {**card, "uuid": "seqexp-cost", "type": "SCATTER", "xaxis": {"key": "train_time_s", "type": "METRIC"},
+         "yaxis": {"key": "test_f1", "type": "METRIC"}, "displayName": "test_f1 against train time"},
+        {**card, "uuid": "seqexp-val-f1", "type": "LINE", "metricKey": "val_f1", "xAxisKey": "step",
+         "lineSmoothness": 0, "scaleType": "linear", "xAxisScaleType": "linear", "useGlobalXaxisKey": True,
+         "useGlobalLineSmoothing": True, "displayName": "val_f1 per epoch"},
+    ]
+    sections = [{"uuid": uid, "name": name, "display": True, "isReordered": False, "deleted": False,
+                 "isGenerated": uid != section}
+                for uid, name in ((section, "Comparison"), (model, "Model metrics"), (system, "System metrics"))]
+    columns = [f"params.`{k}`" for k in (*COMPARED_PARAMS, "seed")] + \
+        [f"metrics.`{k}`" for k in ("test_f1", "best_val_f1", "train_time_s")] + ["attributes.`Dataset`"]
+    return json.dumps({
+        "searchFilter": "tags.`seqexp.role` = 'job'", "orderByKey": "metrics.`test_f1`", "orderByAsc": False,
+        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": columns, "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts, "compareRunSections": sections, "viewMaximized": False,
+        "runListHidden": False, "isAccordionReordered": True, "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}})
+
+
+def ui_url(base: str, exp_id: str, compare: bool = False) -> str:
+    """The MLflow UI page of an experiment's runs table (MLflow 3's model-training view, not GenAI's), or
+    with ``compare`` its saved comparison in the chart view."""
+    if compare:  # the shared view is read on the runs tab's own route
+        return (f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+                f"&compareRunsMode=CHART&viewStateShareKey={COMPARE_VIEW}")
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}?workflowType=machine_learning"
+
+
+def run_url(base: str, exp_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI."""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def run_name(choices: Mapping[str, str], overrides: list[str], seed: int) -> str:
@@ -306,17 +470,52 @@ class RunTracker:
             return self.run_id
         exp = experiment_id(self.client, self.experiment, self.uri)
         all_tags = {
+            **context_tags(),
             "mlflow.source.git.commit": git_commit(),
             "command": command_line(),
+            DESCRIPTION_TAG: run_description(cfg, axes),
             **(tags or {}),
         }
         run = self.client.create_run(exp, run_name=name, tags=all_tags)
         self.run_id = run.info.run_id
-        params = flatten(cfg)
-        params.update({k: str(v) for k, v in axes.items()})
-        self._send(params_op(params))
+        self._send(params_op(run_params(cfg, axes)))
         self._send(tags_op({"mlflow.runName": name}))
+        self.system_metrics(OmegaConf.select(cfg, "tracking.system_metrics_after_s"))
         return self.run_id
+
+    def system_metrics(self, after_s: float | None) -> None:
+        """MLflow's own system metrics (CPU, memory, disk, network, GPU) for a run that lasts more than
+        ``after_s`` seconds (``tracking.system_metrics_after_s``; null: never): its monitor starts then."""
+        if after_s is None:
+            return
+        run_id, uri = self.run_id, self.uri
+
+        def start() -> None:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._monitor = SystemMetricsMonitor(run_id, tracking_uri=uri, resume_logging=True)
+                self._monitor.start()
+            except Exception as exc:  # noqa: BLE001 -- a run never fails for its system metrics
+                log.warning("system metrics are off for run %s: %s", run_id, exc)
+
+        self._monitor_timer = threading.Timer(float(after_s), start)
+        self._monitor_timer.daemon = True
+        self._monitor_timer.start()
+
+    def _stop_system_metrics(self) -> None:
+        timer, monitor = getattr(self, "_monitor_timer", None), getattr(self, "_monitor", None)
+        if timer is not None:
+            timer.cancel()
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def log_inputs(self, cfg: DictConfig, splits: Mapping[str, Any]) -> None:
+        """Each split as an MLflow dataset input (the runs table's Dataset column)."""
+        self._send(inputs_op(dataset_inputs(cfg, splits)))
 
     def _send(self, op: dict) -> None:
         """Every write goes through the outbox: kept and retried while the server is unreachable."""
@@ -341,6 +540,7 @@ class RunTracker:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._stop_beat is not None:
             self._stop_beat.set()
+        self._stop_system_metrics()
         if self.run_id is None:
             return False
         wait = OUTAGE_WAIT_S if self.outage_wait_s is None else self.outage_wait_s

@@ -116,8 +116,34 @@ def text_op(text: str, artifact_file: str) -> dict[str, Any]:
     return {"op": "text", "text": text, "artifact_file": artifact_file}
 
 
+def inputs_op(datasets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dataset inputs (``mlflow.log_input``): ``[{"dataset": Dataset.to_dict(), "context": "training"}]``."""
+    return {"op": "inputs", "datasets": datasets}
+
+
 def terminate_op(status: str) -> dict[str, Any]:
     return {"op": "terminate", "status": status, "end_time": int(time.time() * 1000)}
+
+
+def _log_inputs(client, run_id: str, datasets: list[dict[str, Any]]) -> None:
+    """Dataset inputs. Jobs started together create the experiment's same dataset at once (a unique key in
+    MLflow's database): the loser tries again and finds it. Inputs are a view of the run, never its outcome,
+    so a write the store still refuses is logged, not raised; an outage is raised (the outbox keeps it)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [DatasetInput(Dataset(**d["dataset"]), tags=[InputTag("mlflow.data.context", d["context"])])
+              for d in datasets]
+    for attempt in range(4):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if unreachable(exc):
+                raise
+            if attempt == 3:
+                log.warning("dataset inputs of run %s not logged: %s", run_id, _reason(exc))
+                return
+            time.sleep(0.2 * (attempt + 1))
 
 
 def apply(client, run_id: str, op: dict[str, Any]) -> None:
@@ -139,6 +165,8 @@ def apply(client, run_id: str, op: dict[str, Any]) -> None:
             client.log_batch(run_id, tags=items[i : i + 100], synchronous=True)
     elif kind == "text":
         client.log_text(run_id, op["text"], op["artifact_file"])
+    elif kind == "inputs":
+        _log_inputs(client, run_id, op["datasets"])
     elif kind == "terminate":
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:

@@ -8,8 +8,8 @@ EPOCHS = 2
 PER_EPOCH = {"train_loss", "val_loss", "val_f1", "val_precision", "val_recall", "val_accuracy",
              "val_strict_f1", "val_strict_precision", "val_strict_recall"}
 AT_END = {"test_loss", "test_f1", "test_precision", "test_recall", "test_accuracy", "test_strict_f1",
-          "test_strict_precision", "test_strict_recall", "train_time_s", "trainable_params", "total_params",
-          "train_sentences", "dev_sentences", "test_sentences"}
+          "test_strict_precision", "test_strict_recall", "train_time_s", "trainable_params", "total_params"}
+SPLIT_SIZES = {"train_sentences", "dev_sentences", "test_sentences"}  # params: bookkeeping, not metrics
 
 
 def test_joblib_four_workers_fresh_sqlite_every_run_and_metric(tmp_path, mini_conll):
@@ -34,4 +34,5 @@ def test_joblib_four_workers_fresh_sqlite_every_run_and_metric(tmp_path, mini_co
         for key in PER_EPOCH:
             steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
             assert steps == list(range(EPOCHS)), (child.info.run_name, key, steps)
-        assert len(child.data.params) == len(children[0].data.params)
+        assert len(child.data.params) == len(children[0].data.params) and SPLIT_SIZES <= set(child.data.params)
+        assert len(child.inputs.dataset_inputs) == 3  # train, dev, test: no job lost its inputs to another's

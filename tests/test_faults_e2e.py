@@ -43,9 +43,9 @@ def test_nan_loss_and_an_exception_fail_their_jobs_and_the_sweep_goes_on(work, m
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "1 finished, 0 skipped, 2 failed" in proc.stdout
     client, (parent,), children = runs(work)
-    by_fault = {c.data.params["fault.kind"]: c for c in children}
-    assert sorted(by_fault) == ["None", "error", "nan"]
-    finished = by_fault["None"]
+    by_fault = {c.data.params.get("fault.kind", "off"): c for c in children}  # no fault: no fault.* params
+    assert sorted(by_fault) == ["error", "nan", "off"]
+    finished = by_fault["off"]
     assert finished.info.status == "FINISHED"
     assert {"test_f1", "test_precision", "test_recall", "test_accuracy", "val_f1"} <= set(finished.data.metrics)
     nan = by_fault["nan"]

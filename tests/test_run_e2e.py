@@ -50,15 +50,28 @@ def assert_complete_run(client, run, *, model: str, head: str, freeze: str, opti
     assert params["freeze"] == freeze and params["optim"] == optim
     assert params["dataset"] == "conll2003" and params["scheduler"] == "linear" and params["seed"] == "1"
     assert params["model.name"] == model and params["optim.name"] == optim
-    assert params["freeze.strategy"] == freeze and params["trainer.max_epochs"] == str(epochs)
-    assert "head._target_" in params and "dataset.columns.tag" in params
+    assert params["trainer.max_epochs"] == str(epochs) and "dataset.columns.tag" in params
+    # Params are what a user compares or reproduces: no duplicate of an axis, no Hydra plumbing, no locations,
+    # no "None" for unset values (the whole config is the config.yaml artifact).
+    assert "freeze.strategy" not in params and "head._target_" not in params and "cache_dir" not in params
+    assert not [k for k in params if k.startswith(("tracking.", "fault."))]
+    assert "None" not in params.values()
+    # Final scores: one value per run at step 0 (MLflow's charts draw a bar per run); split sizes are params.
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_f1")] == [(0, metrics["test_f1"])]
+    assert "test_sentences" not in metrics and params["test_sentences"] == str(TEST_SENTENCES)
+    # MLflow habits: description, user and source, one dataset input per split with a digest.
+    assert tags["mlflow.note.content"].startswith(f"**{model}**") and tags["mlflow.user"]
+    assert tags["mlflow.source.name"] == "python -m seqexp.run"
+    contexts = {d.dataset.name: [t.value for t in d.tags] for d in run.inputs.dataset_inputs}
+    assert contexts == {"conll2003/train": ["training"], "conll2003/dev": ["validation"],
+                        "conll2003/test": ["testing"]}
     for key in ("test_accuracy", "test_precision", "test_recall", "test_f1",
                 "test_strict_f1", "test_f1_PER", "trainable_params", "total_params", "train_time_s"):
         assert key in metrics, key
     assert 0.0 <= metrics["test_f1"] <= 1.0 and 0.0 < metrics["test_accuracy"] <= 1.0
     if wall is not None:  # process start to first training step: after the MLflow run began, before the end
         launched, ended = wall
-        assert run.info.start_time / 1000 - launched < metrics["startup_s"] < ended - launched
+        assert run.info.start_time / 1000 - launched < float(tags["startup_s"]) < ended - launched
     history = client.get_metric_history(run.info.run_id, "val_f1")
     assert sorted(m.step for m in history) == list(range(epochs))
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == epochs

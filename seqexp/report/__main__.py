@@ -7,6 +7,7 @@ sweep, missing store), with one line on stderr saying what exists instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Compare fine-tuning strategies from the runs of one sweep or experiment in MLflow.",
     )
     p.add_argument("target", help="a sweep id (tag seqexp.sweep_id) or an MLflow experiment name")
-    p.add_argument("--uri", default="sqlite:///mlruns.db",
-                   help="MLflow tracking URI (default: sqlite:///mlruns.db, relative to the current directory)")
+    p.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"),
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db, relative "
+                        "to the current directory)")
+    p.add_argument("--ui-url", default=None, metavar="URL",
+                   help="the MLflow UI the report's run ids link to (default: the server of --uri, or "
+                        "http://127.0.0.1:5000, where `make ui` serves a sqlite store)")
+    p.add_argument("--no-attach", dest="attach", action="store_false",
+                   help="do not attach the report to the sweeps' parent runs (artifact folder report/)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<target>/)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="resamples of the paired sentence bootstrap and of ASO's bootstrap; 0 skips the "
@@ -40,12 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else default_out_dir(args.target)
     try:
         md = build_report(args.uri, args.target, out, bootstrap=args.bootstrap, seed=args.seed,
-                          tuned=[k.strip() for k in args.tuned.split(",") if k.strip()])
+                          tuned=[k.strip() for k in args.tuned.split(",") if k.strip()], ui_url=args.ui_url)
     except ReportError as exc:
         print(f"seqexp.report: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {md} and {md.with_name('report.html')}")
+    if args.attach:
+        for run_id in attach_to_parents(args.uri, args.target, md.parent):
+            print(f"attached it to parent run {run_id} (artifacts: report/)")
     return 0
+
+
+def attach_to_parents(uri: str, target: str, folder: Path) -> list[str]:
+    """The report's files as artifacts ``report/`` of each sweep (parent run) it covers."""
+    from seqexp.report.collect import open_client, resolve_uri, select_runs
+
+    uri = resolve_uri(uri)
+    client = open_client(uri)
+    parents = select_runs(client, uri, target).parents
+    for parent in parents:
+        client.log_artifacts(parent.run_id, str(folder), "report")
+    return [p.run_id for p in parents]
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class ReportData:
 
 
 def collect_report(uri: str, target: str, bootstrap: int = 1000, seed: int = 0,
-                   tuned: Sequence[str] = ()) -> ReportData:
+                   tuned: Sequence[str] = (), ui_url: str | None = None) -> ReportData:
     """Read the runs of sweep/experiment ``target`` from ``uri`` and compute every number of the report.
 
     ``tuned``: config keys to treat as tuned hyperparameters, besides the runs' ``seqexp.tuned`` tags.
@@ -82,6 +82,8 @@ def collect_report(uri: str, target: str, bootstrap: int = 1000, seed: int = 0,
     uri = resolve_uri(uri)
     client = open_client(uri)
     selection = select_runs(client, uri, target)
+    base = ui_url or (uri if uri.startswith(("http://", "https://")) else DEFAULT_UI)
+    selection = dataclasses.replace(selection, ui_base=base.rstrip("/"))
     if not selection.finished:
         counts = ", ".join(f"{r.name}: {why}" for r, why in selection.excluded[:5])
         raise ReportError(f"{selection.kind} {target!r} has no finished runs with test metrics"
@@ -131,8 +133,12 @@ def default_out_dir(target: str) -> Path:
     return Path("reports") / safe_name(target)
 
 
+# Where `make ui` serves a sqlite store: the run links of a report on one point there.
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
 def build_report(uri: str, target: str, out_dir: str | Path | None = None, bootstrap: int = 1000,
-                 seed: int = 0, tuned: Sequence[str] = ()) -> Path:
+                 seed: int = 0, tuned: Sequence[str] = (), ui_url: str | None = None) -> Path:
     """The whole report for sweep id or experiment name ``target``; returns the path of report.md."""
-    data = collect_report(uri, target, bootstrap=bootstrap, seed=seed, tuned=tuned)
+    data = collect_report(uri, target, bootstrap=bootstrap, seed=seed, tuned=tuned, ui_url=ui_url)
     return write_report(data, Path(out_dir) if out_dir is not None else default_out_dir(target))

@@ -89,6 +89,7 @@ class Selection:
     finished: list[RunRecord]
     excluded: list[tuple[RunRecord, str]] = field(default_factory=list)
     parents: list[RunRecord] = field(default_factory=list)
+    ui_base: str = ""  # the MLflow UI the report's run links open (a server store: the server itself)
 
     @property
     def sweep_id(self) -> str | None:

@@ -7,10 +7,13 @@
   each cell against the number of candidates tried.
 
 Error bars are drawn only where there are at least two seeds: one seed has no spread to show.
+Legends sit to the right of the axes, never on the data, and points are named in the legend
+(colour and marker), not by text labels that could overlap.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from seqexp.report.aggregate import DEV_METRIC, Cell, Config, expected_max, pareto_front  # noqa: E402
 
 DPI = 110
+log = logging.getLogger("seqexp.report.plots")
 
 
 def _colors(n: int) -> list:
@@ -40,14 +44,38 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, empty: str, legend_size: i
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=legend_size, loc=legend_loc)
+        _legend_outside(ax, legend_size)
     else:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
 
 
+def _legend_outside(ax, size: int) -> None:
+    """The legend to the right of the axes (the figure grows to hold it): it never covers a line or a point."""
+    ax.legend(fontsize=size, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def layout_problems(fig) -> list[str]:
+    """What makes a figure hard to read: a legend over its axes, labels (annotations, x tick labels) that overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    problems = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None and legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer)):
+            problems.append(f"{ax.get_title()!r}: the legend covers the axes")
+        for kind, texts in (("labels", ax.texts), ("x tick labels", ax.get_xticklabels())):
+            shown = [t for t in texts if t.get_visible() and t.get_text()]
+            boxes = [t.get_window_extent(renderer) for t in shown]
+            problems += [f"{ax.get_title()!r}: {kind} {shown[i].get_text()!r} and {shown[j].get_text()!r} overlap"
+                         for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    return problems
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, format="png")
+    for problem in layout_problems(fig):
+        log.warning("%s: %s", path.name, problem)
+    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")  # keeps the outside legend in the image
     plt.close(fig)
     return path
 
@@ -67,7 +95,7 @@ def learning_curves(configs: Sequence[Config], histories: Mapping[str, list[tupl
         ys = [100 * sum(per_step[s]) / len(per_step[s]) for s in steps]
         ax.plot([s + 1 for s in steps], ys, marker="o", color=color, label=f"{config.label} (n={len(config.runs)})")
     _finish(ax, "epoch", f"{metric} ×100 (mean over seeds)", "Validation learning curves",
-            f"no {metric} history logged", 7, "best", integer_x=True)
+            f"no {metric} history logged", 7, "upper left", integer_x=True)
     return _save(fig, path)
 
 
@@ -110,7 +138,7 @@ def f1_bars(groups: Mapping[str, Sequence[Config]], path: Path) -> Path:
     ax.set_ylabel("test F1 ×100 (mean over seeds; ± std with ≥2 seeds)")
     ax.set_title("Test F1 per model and strategy")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax, 8)
     return _save(fig, path)
 
 
@@ -119,9 +147,10 @@ def cost_quality(configs: Sequence[Config], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.8))
     points = [(c.mean("train_time_s"), c.mean("test_f1")) for c in configs]
     kept = [(c, (t, 100 * f)) for c, (t, f) in zip(configs, points) if t is not None and f is not None]
-    for (config, (t, f)), color in zip(kept, _colors(len(kept))):
-        ax.scatter([t], [f], color=color, s=40, zorder=3)
-        ax.annotate(config.label, (t, f), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    markers = "osD^vP*Xh<>p"
+    for i, ((config, (t, f)), color) in enumerate(zip(kept, _colors(len(kept)))):
+        # Named in the legend, not by a text label beside the point: labels of close points overlapped.
+        ax.scatter([t], [f], color=color, marker=markers[i % len(markers)], s=50, zorder=3, label=config.label)
     datasets = sorted({c.axes.get("dataset", "") for c, _ in kept})
     for k, dataset in enumerate(datasets):
         sub = [p for c, p in kept if c.axes.get("dataset", "") == dataset]
@@ -132,7 +161,7 @@ def cost_quality(configs: Sequence[Config], path: Path) -> Path:
     times = [p[0] for _, p in kept if p[0] > 0]
     if times and max(times) / min(times) > 20:
         ax.set_xscale("log")
-    ax.margins(x=0.2, y=0.1)  # room for the labels of the extreme points
+    ax.margins(x=0.1, y=0.1)
     _finish(ax, "train time, s (mean over seeds)", "test F1 ×100 (mean over seeds)",
             "Cost / quality: test F1 against train time", "no train_time_s logged", 8, "lower right")
     return _save(fig, path)

@@ -2,7 +2,7 @@
 
 The report is assembled as a list of blocks once and rendered twice, so the
 Markdown and the HTML can never disagree on a number. Inline markup in block
-text is limited to ``**bold**`` and ```code```; the HTML embeds every image as
+text is limited to ``**bold**``, ```code``` and ``[text](url)`` links; the HTML embeds every image as
 a base64 ``data:`` URI so the single file opens anywhere.
 """
 
@@ -48,11 +48,13 @@ Block = Heading | Para | Bullets | Table | Image
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
 def _inline_html(text: str) -> str:
     out = html.escape(text, quote=False)
     out = _CODE.sub(r"<code>\1</code>", out)
+    out = _LINK.sub(lambda m: f'<a href="{html.escape(html.unescape(m.group(2)))}">{m.group(1)}</a>', out)
     return _BOLD.sub(r"<strong>\1</strong>", out)
 
 

@@ -240,11 +240,20 @@ def _p(p: float) -> str:
     return format_p(p).removeprefix("p=").removeprefix("p")
 
 
+def run_ref(sel, run) -> str:
+    """A run id, linked to its MLflow UI page when the report knows the UI."""
+    if not sel.ui_base:
+        return f"`{run.run_id}`"
+    from seqexp.tracking import run_url
+
+    return f"[`{run.run_id}`]({run_url(sel.ui_base, run.experiment_id, run.run_id)})"
+
+
 def excluded_blocks(data: "ReportData") -> list[Block]:
     sel = data.selection
     if not sel.excluded:
         return [Para("None: every run finished with test metrics.")]
-    rows = [[f"`{r.run_id}`", r.name, reason[:300]] for r, reason in sel.excluded]
+    rows = [[run_ref(sel, r), r.name, reason[:300]] for r, reason in sel.excluded]
     blocks: list[Block] = [Para(f"{plural(len(sel.excluded), 'run')} {'is' if len(sel.excluded) == 1 else 'are'} "
                                 "in no table or figure:"),
                            Table(["run id", "run name", "status / reason"], rows)]
@@ -261,10 +270,14 @@ def provenance_blocks(data: "ReportData") -> list[Block]:
     for r in sel.finished:
         commits[r.commit] = commits.get(r.commit, 0) + 1
     items = [f"Tracking URI: `{sel.uri}`", f"Experiment: {exps}"]
+    if sel.ui_base:
+        local = not sel.uri.startswith(("http://", "https://"))
+        items.append(f"Run ids link to their page in the MLflow UI at {sel.ui_base}"
+                     + (" (start it with `make ui`, which serves this sqlite store there)" if local else ""))
     if sel.sweep_id:
         items.append(f"Sweep id: `{sel.sweep_id}`")
     for p in sel.parents:
-        items.append(f"Sweep parent run: `{p.run_id}` ({p.name}, {p.status})"
+        items.append(f"Sweep parent run: {run_ref(sel, p)} ({p.name}, {p.status})"
                      + (f", overrides `{p.tags['overrides']}`" if p.tags.get("overrides") else ""))
     items.append("Git commit(s): " + ", ".join(f"`{c}` ({n} run{'s' if n != 1 else ''})" for c, n in commits.items())
                  + (" — **runs come from different commits**" if len(commits) > 1 else ""))
@@ -286,7 +299,7 @@ def provenance_blocks(data: "ReportData") -> list[Block]:
             picked = c is cell.pick
             for r in c.runs:
                 dev = r.metrics.get(DEV_METRIC)
-                rows.append([f"`{r.run_id}`", r.name, cell.label, c.candidate, r.seed,
+                rows.append([run_ref(sel, r), r.name, cell.label, c.candidate, r.seed,
                              "—" if dev is None else f"{100 * dev:.2f}",
                              f"{100 * r.metrics['test_f1']:.2f}" if picked else "— (not picked)", r.commit[:10]])
     which = "this run" if len(rows) == 1 else f"these {len(rows)} runs"

@@ -99,7 +99,7 @@ def recorded_stop(trainer, tracker) -> Iterator[None]:
     """
     def record(reason: str) -> None:
         tracker.log_metrics({"stopped_at_step": trainer.global_step, "stopped_at_epoch": trainer.current_epoch},
-                            step=trainer.current_epoch)
+                            step=0)  # one value per run (a bar per run in MLflow's charts)
         tracker.set_tags({"stop_reason": reason})
 
     try:

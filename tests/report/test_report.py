@@ -26,6 +26,12 @@ from seqexp.report.__main__ import main
 from tests.conftest import REPO, shared_corpus
 from tests.report.test_significance import corrupt, read_tags
 
+
+def run_id_of(cell: str) -> str:
+    """The run id of a report cell, "`id`" or its link "[`id`](http://.../runs/id)"."""
+    return re.search(r"`([0-9a-f]+)`", cell).group(1)
+
+
 EXPERIMENT = "study"
 SWEEP = "2024-05-01_12-00-00_ab12"
 # (model, freeze) -> share of entities the predictions lose; the best strategy differs per model.
@@ -203,7 +209,7 @@ def test_images_exist_and_html_embeds_pngs(sweep_report):
 def test_provenance_lists_exactly_the_runs_used(store, sweep_report):
     md = sweep_report.read_text()
     prov = section(md, "Provenance")
-    listed = {row["run id"].strip("`"): row["run name"] for row in md_table(prov)}
+    listed = {run_id_of(row["run id"]): row["run name"] for row in md_table(prov)}
     assert listed == store["children"]
     assert store["uri"].split("///")[1] in prov and SWEEP in prov and store["parent"] in prov
     assert "abc123def456" in prov
@@ -212,7 +218,7 @@ def test_provenance_lists_exactly_the_runs_used(store, sweep_report):
 def test_failed_runs_are_excluded_and_listed(store, sweep_report):
     md = sweep_report.read_text()
     excluded = md_table(section(md, "Excluded runs"))
-    assert [r["run id"].strip("`") for r in excluded] == [store["failed"]]
+    assert [run_id_of(r["run id"]) for r in excluded] == [store["failed"]]
     assert "FAILED" in excluded[0]["status / reason"] and "out of memory" in excluded[0]["status / reason"]
     assert "sgd" not in section(md, "1. Test scores")
     assert store["standalone"] not in md  # not part of the sweep
@@ -275,3 +281,26 @@ def test_cli_missing_store(tmp_path, capsys, monkeypatch):
     assert main(["study"]) == 2  # default --uri sqlite:///mlruns.db, relative to the current directory
     assert "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_plots_keep_legends_off_the_data_and_labels_apart(store, tmp_path, caplog):
+    import matplotlib.pyplot as plt
+
+    from seqexp.report import plots
+    from seqexp.report.build import collect_report
+
+    data = collect_report(store["uri"], SWEEP, bootstrap=0)
+    with caplog.at_level("WARNING", logger="seqexp.report.plots"):
+        plots.learning_curves(data.grid.configs, data.histories, tmp_path / "curves.png")
+        plots.f1_bars(data.grid.groups(), tmp_path / "bars.png")
+        plots.cost_quality(data.grid.configs, tmp_path / "cost.png")
+    assert [r.getMessage() for r in caplog.records] == []
+    # The check itself: a legend drawn inside the axes, two labels on one spot.
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="a run")
+    ax.legend(loc="center")
+    ax.annotate("minilm+last", (0.5, 0.5))
+    ax.annotate("minilm+unfreeze", (0.5, 0.5))
+    problems = plots.layout_problems(fig)
+    plt.close(fig)
+    assert any("legend covers" in p for p in problems) and any("overlap" in p for p in problems)

@@ -25,7 +25,7 @@ from seqexp.report.__main__ import main
 from seqexp.report.aggregate import expected_max, group_configs
 from seqexp.report.collect import RunRecord, with_fallbacks
 from tests.conftest import shared_corpus
-from tests.report.test_report import conll, md_table, section
+from tests.report.test_report import conll, md_table, run_id_of, section
 from tests.report.test_significance import corrupt, read_tags
 
 
@@ -261,7 +261,7 @@ def test_duplicate_fingerprint_counts_once_and_is_listed(store, report):
     unfreeze = next(c for c in data.grid.configs if c.axes["freeze"] == "unfreeze")
     assert unfreeze.seeds == ["1", "2", "3"] and first in {r.run_id for r in unfreeze.runs}
     excluded = md_table(section(report.read_text(), "Excluded runs"))
-    assert [r["run id"].strip("`") for r in excluded] == [store["duplicate"]]
+    assert [run_id_of(r["run id"]) for r in excluded] == [store["duplicate"]]
     assert f"duplicate of {first}" in excluded[0]["status / reason"]
 
 

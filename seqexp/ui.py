@@ -1,0 +1,69 @@
+"""``python -m seqexp.ui``: the MLflow UI over a seqexp store, opened on the runs table (``make ui``).
+
+MLflow 3's UI opens an experiment in its GenAI view (traces, tokens, cost) unless the URL asks for
+the model-training one (``?workflowType=machine_learning``; the choice is then remembered by the
+browser). So this prints, for each experiment, the URL that lands on its runs table, marks every
+experiment with MLflow's own experiment kind (``mlflow.experimentKind=custom_model_development``) and
+gives it a description, then starts ``mlflow ui`` on 127.0.0.1. A server URI (``http://...``) is not
+started, only its URLs are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from seqexp import tracking
+
+
+def landing_urls(uri: str, base: str, only: str | None = None) -> list[tuple[str, str, str]]:
+    """(experiment name, URL of its runs table, URL of its saved comparison) for each experiment with
+    runs (or only ``only``)."""
+    client = tracking.client(uri)
+    out = []
+    for exp in client.search_experiments():
+        if (only and exp.name != only) or (not only and not client.search_runs([exp.experiment_id], max_results=1)):
+            continue
+        tracking.describe_experiment(client, exp.experiment_id)
+        out.append((exp.name, tracking.ui_url(base, exp.experiment_id),
+                    tracking.ui_url(base, exp.experiment_id, compare=True)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m seqexp.ui", description=__doc__.splitlines()[0])
+    p.add_argument("--uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"),
+                   help="the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    p.add_argument("--experiment", default=None, help="print only this experiment's URL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (default 1: one user's local UI; MLflow's own default is 4)")
+    p.add_argument("--print-only", action="store_true", help="print the URLs, do not start the UI")
+    args = p.parse_args(argv)
+    uri = tracking.resolve_uri(args.uri)
+    server = uri.startswith(("http://", "https://"))
+    base = uri if server else f"http://{args.host}:{args.port}"
+    try:
+        tracking.check_reachable(uri)
+        urls = landing_urls(uri, base, args.experiment)
+    except tracking.ConfigError as exc:
+        print(f"seqexp.ui: error: {exc}", file=sys.stderr)
+        return 2
+    if not urls:
+        print(f"seqexp.ui: no experiment with runs in {uri}" + (f" named {args.experiment!r}" if args.experiment
+                                                                  else "") + f"; the UI is at {base}", flush=True)
+    for name, url, compare in urls:
+        print(f"experiment {name}:\n  runs table:  open {url}\n  comparison:  open {compare}", flush=True)
+    if server or args.print_only:
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port),
+           "--workers", str(args.workers)]
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
