@@ -235,6 +235,7 @@ def run_callbacks(cfg: DictConfig, tracker, stack: contextlib.ExitStack):
 
 def log_results(cfg: DictConfig, built: Built, tracker, metrics: dict) -> None:
     from seqexp.metrics import format_report
+    from seqexp.report.collect import PREDICTIONS  # .txt: MLflow's artifact view previews it
 
     result = built.tagger.results["test"]
     metrics.update({f"test_{k}": v for k, v in result.items() if isinstance(v, float)})
@@ -246,6 +247,6 @@ def log_results(cfg: DictConfig, built: Built, tracker, metrics: dict) -> None:
     tracker.log_text(json.dumps(result, indent=2, sort_keys=True), "test_metrics.json")
     if cfg.tracking.log_predictions:
         tracker.log_text(conll_predictions(built.splits["test"], built.tagger.predictions["test"]),
-                         "test_predictions.conll")
+                         PREDICTIONS)
     log.info("test: accuracy %.4f  precision %.4f  recall %.4f  f1 %.4f",
              result["accuracy"], result["precision"], result["recall"], result["f1"])

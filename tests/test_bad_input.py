@@ -234,7 +234,7 @@ def test_unseen_labels_long_sentence_and_duplicates_in_a_tiny_run(
     # Every word of every test sentence, the 3,000-word one and the duplicates included, has a prediction.
     params = run.data.params
     assert params["test_sentences"] == str(len(test)) and params["test_split_sentences"] == "1"
-    blocks = [b.splitlines() for b in artifact_text(client, run, "test_predictions.conll").split("\n\n") if b.strip()]
+    blocks = [b.splitlines() for b in artifact_text(client, run, "test_predictions.txt").split("\n\n") if b.strip()]
     assert [len(b) for b in blocks] == [len(s) for s in test] and len(blocks[-1]) == LONG
     rows = [[line.split("\t") for line in block] for block in blocks]
     gold = [[g for _, g, _ in block] for block in rows]

@@ -83,7 +83,7 @@ def assert_complete_run(client, run, *, model: str, head: str, freeze: str, opti
     # Artifacts: resolved config, per-type report, test predictions for every test word.
     assert f"name: {model}" in artifact_text(client, run, "config.yaml")
     assert "PER" in artifact_text(client, run, "test_report.txt")
-    conll = artifact_text(client, run, "test_predictions.conll")
+    conll = artifact_text(client, run, "test_predictions.txt")
     sentences = [block for block in conll.split("\n\n") if block.strip()]
     assert len(sentences) == TEST_SENTENCES
     assert sum(len(block.splitlines()) for block in sentences) == TEST_WORDS

@@ -61,7 +61,7 @@ def test_run_over_http(tmp_path, mini_conll, mlflow_server):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and "test_f1" in run.data.metrics
     assert run.data.params["model"] == "tiny-bert"
-    conll = Path(client.download_artifacts(run.info.run_id, "test_predictions.conll", str(tmp_path)))
+    conll = Path(client.download_artifacts(run.info.run_id, "test_predictions.txt", str(tmp_path)))
     assert len([b for b in conll.read_text().split("\n\n") if b.strip()]) == 150
 
 

@@ -139,7 +139,7 @@ def assert_complete(url: str, run_id: str, epochs: int) -> None:
         assert key in run.data.metrics, key
     assert run.data.params["model"] == "tiny-bert" and run.data.tags["mlflow.runName"] == run.info.run_name
     files = {f.path for f in client.list_artifacts(run_id)}
-    assert {"config.yaml", "test_report.txt", "test_metrics.json", "test_predictions.conll"} <= files
+    assert {"config.yaml", "test_report.txt", "test_metrics.json", "test_predictions.txt"} <= files
 
 
 def test_server_restarted_mid_run_run_ends_finished_with_every_metric(tmp_path, mini_conll, server):
@@ -199,7 +199,7 @@ def test_server_never_back_writes_saved_then_replayed(tmp_path, mini_conll, serv
     assert any(key == "test_f1" for key, *_ in metrics)
     assert any(key == "val_f1" and step == epochs - 1 for key, _, _, step in metrics)
     assert data["writes"][-1]["op"] == "terminate" and data["writes"][-1]["status"] == "FINISHED"
-    assert {w["artifact_file"] for w in data["writes"] if w["op"] == "text"} >= {"test_predictions.conll"}
+    assert {w["artifact_file"] for w in data["writes"] if w["op"] == "text"} >= {"test_predictions.txt"}
 
     replay = [sys.executable, "-m", "seqexp.tracking", "replay", str(saved)]
     # Still down: a clear error, and the file keeps every write.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
+
 from seqexp.errors import ReportError  # noqa: F401  (defined with every user error)
 
 from seqexp import identity
@@ -31,7 +32,10 @@ ROLE_TAG = "seqexp.role"
 PARENT_TAG = "mlflow.parentRunId"
 FINGERPRINT_TAG = identity.FINGERPRINT_TAG
 REQUIRED_METRIC = "test_f1"
-PREDICTIONS = "test_predictions.conll"
+# A run's test predictions (word, gold, predicted per line; seqexp.pipeline writes them), and the names
+# runs made before used (still read).
+PREDICTIONS = "test_predictions.txt"
+EARLIER_PREDICTIONS = ("test_predictions.conll",)
 _PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -234,15 +238,21 @@ def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(step, last[step][1]) for step in sorted(last)]
 
 
-def download_predictions(client, run: RunRecord, dst: Path, name: str = PREDICTIONS) -> Path | None:
-    """The run's ``test_predictions.conll``: read in place from a local artifact store, else downloaded.
-
-    Returns None when the run did not log it (``tracking.log_predictions=false``).
+def download_predictions(client, run: RunRecord, dst: Path) -> Path | None:
+    """The run's test predictions (:data:`PREDICTIONS`, or an earlier name): read in place from a local
+    artifact store, else downloaded. Returns None when the run did not log them (``tracking.log_predictions=false``).
     """
+    for name in (PREDICTIONS, *EARLIER_PREDICTIONS):
+        found = _predictions(client, run, dst, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _predictions(client, run: RunRecord, dst: Path, name: str) -> Path | None:
     if run.artifact_uri.startswith("file:") or run.artifact_uri.startswith("/"):
         local = Path(url2pathname(urlparse(run.artifact_uri).path)) / name
-        if local.is_file():
-            return local
+        return local if local.is_file() else None
     target = dst / run.run_id
     target.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get(_PROGRESS)

@@ -140,7 +140,7 @@ def _pair(group: str, a: Config, b: Config, cache: CountsCache, weights_for: Cal
     runs = [(a_by_seed[s], b_by_seed[s]) for s in shared]
     missing = [r.name for pair in runs for r in pair if cache.get(r) is None]
     if missing:
-        return Comparison(group, a, b, metric, None, "test_predictions.conll missing for " + ", ".join(missing))
+        return Comparison(group, a, b, metric, None, "test_predictions.txt missing for " + ", ".join(missing))
     ca = [cache.get(ra) for ra, _ in runs]
     cb = [cache.get(rb) for _, rb in runs]
     try:

@@ -217,7 +217,7 @@ def significance_blocks(data: "ReportData") -> list[Block]:
         f"{data.seed}; ε_min < {TAU} means the winner almost stochastically dominates. Its confidence level is "
         f"Bonferroni-adjusted: 1 − {ALPHA}/k with k the number of pairs in the model's table. (2) Paired "
         f"bootstrap over test sentences ({data.resamples} resamples, seed {data.seed}): each resample recomputes "
-        "every run's corpus-level score from its saved `test_predictions.conll` (entity-level F1 with "
+        "every run's corpus-level score from its saved test predictions (entity-level F1 with "
         "seqeval's entities for NER/chunking, word accuracy for POS), averages over the shared seeds and takes "
         "the difference; p is two-sided, then Holm–Bonferroni-adjusted over the pairs of the model's table.")
     sentences = Bullets([c.sentence for c in data.comparisons])

@@ -142,7 +142,7 @@ def count_sentences(
 
 
 def counts_from_file(path: Path, entity_level: bool) -> SentenceCounts:
-    """Counts of a ``test_predictions.conll`` artifact."""
+    """Counts of a test predictions artifact (``seqexp.report.collect.PREDICTIONS``)."""
     gold, pred = read_conll(Path(path).read_text(encoding="utf-8"))
     return count_sentences(gold, pred, entity_level)
 

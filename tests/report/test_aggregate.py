@@ -65,7 +65,7 @@ def test_verdict_calls_a_one_seed_win_inconclusive_whatever_its_p(tmp_path: Path
     assert "Holm p=0.003, 1 seed, ASO needs ≥3: inconclusive: 1 seed)" in text  # ... the verdict is not
     assert "significant" not in text
     assert "Against the other strategy: top_k+adam (" in text
-    assert "not tested — test_predictions.conll missing for minilm|top_k|adam|s1" in text
+    assert "not tested — test_predictions.txt missing for minilm|top_k|adam|s1" in text
 
 
 def test_bars_have_no_error_bar_from_a_single_seed():

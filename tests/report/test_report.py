@@ -73,7 +73,7 @@ def log_run(client, exp_id, name, axes, *, tags, status="FINISHED", gold=None, p
             ms += [Metric("val_f1", val, epoch, epoch), Metric("val_loss", 1.0 / (epoch + 1), epoch, epoch),
                    Metric("train_loss", 1.2 / (epoch + 1), epoch, epoch), Metric("val_accuracy", 0.9, epoch, epoch)]
         client.log_batch(rid, metrics=ms, synchronous=True)
-        client.log_text(rid, conll(gold, pred), "test_predictions.conll")
+        client.log_text(rid, conll(gold, pred), "test_predictions.conll")  # the name runs made before 2026-12 used
         client.log_text(rid, json.dumps({k: v for k, v in result.items() if k != "per_type"}), "test_metrics.json")
         client.log_text(rid, f"model:\n  name: {axes['model']}\n", "config.yaml")
     else:

@@ -193,7 +193,7 @@ def make_store(root: Path, tag: bool = True, older: bool = False) -> dict:
         client.log_batch(rid, params=[Param(k2, v) for k2, v in params.items()],
                          tags=[RunTag("mlflow.runName", f"minilm|{freeze}|adam|s{seed}")], metrics=ms,
                          synchronous=True)
-        client.log_text(rid, conll(gold, pred), "test_predictions.conll")
+        client.log_text(rid, conll(gold, pred), "test_predictions.txt")
         client.set_terminated(rid, "FINISHED", end_time=clock + 500)
         return rid
 
