@@ -4,8 +4,9 @@ Hydra calls ``SweepCallback`` around a ``-m`` multirun (registered in
 ``conf/config.yaml``). Before any job starts it opens the tracking database
 (a sqlite store is created under its file lock, see ``seqexp.tracking.client``), the experiment and the parent run,
 and hands them to the jobs through the ``SEQEXP_SWEEP`` environment variable,
-which every launcher's worker processes inherit. Every job writes its outcome
-into the sweep's outcome folder; at the end the callback prints a summary
+which every launcher's worker processes inherit (SLURM jobs too: sbatch exports the
+submitting environment). Every job writes its outcome into the sweep's outcome
+folder, inside the sweep folder (hydra.sweep.dir); at the end the callback prints a summary
 table and fails the command if any job failed.
 
 A sweep's identity is its command (experiment + overrides + sweeper params):
@@ -327,7 +328,11 @@ class SweepCallback(Callback):
         sweep_id = _sweep_id(config)
         with tracking.store_lock(uri):  # identical sweeps started together share one parent run
             parent = self._parent_run(client, config, exp_id, sweep_id, uri)
-        outcome_dir = Path(tempfile.mkdtemp(prefix=f"seqexp-sweep-{sweep_id}-"))
+        # In the sweep folder, not /tmp: a launcher's jobs may run on other machines (SLURM), which see that
+        # folder (submitit keeps its own files there) but not this machine's /tmp.
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        outcome_dir = Path(tempfile.mkdtemp(prefix=f".seqexp-outcomes-{sweep_id}-", dir=sweep_dir))
         self.info = SweepInfo(sweep_id, parent, uri, config.tracking.experiment, str(outcome_dir))
         os.environ[SWEEP_ENV] = json.dumps(asdict(self.info))
 
