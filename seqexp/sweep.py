@@ -163,6 +163,15 @@ class Outcome:
             out.write_text(json.dumps(asdict(self)))
 
 
+def record_failure(error: BaseException) -> None:
+    """In a sweep, a job that failed before it had a run (a config error, an unreachable store) is still
+    FAILED in the summary, and fails the command; without this it vanished from both."""
+    info = SweepInfo.for_current_job()
+    if info is not None and not (Path(info.outcome_dir) / f"{HydraConfig.get().job.num:05d}.json").exists():
+        name = " ".join(HydraConfig.get().overrides.task) or HydraConfig.get().job.name
+        Outcome(name, "FAILED", "", error=f"{type(error).__name__}: {error}").save()
+
+
 # A claim from another host whose heartbeat is older than this is stale; the run beats every HEARTBEAT_S.
 LEASE_S = 600.0
 HEARTBEAT_S = 60.0

@@ -159,22 +159,23 @@ def test_slurm_sweep_with_requeued_jobs_finishes_every_run_once_with_local_metri
 
 
 def test_submitit_local_launcher_records_failures_and_skips_finished_jobs(tmp_path, mini_conll):
-    """``hydra/launcher=submitit_local``: one job fails (FAILED in MLflow, the sweep exits 1), one finishes;
-    the same command again skips the finished one and redoes the failed one."""
+    """``hydra/launcher=submitit_local``: one job fails in training (FAILED in MLflow), one before it has a run
+    (its config), one finishes; the sweep exits 1. The same command again skips the finished one only."""
     args = ["model=tiny-bert", "freeze=last", "trainer.num_threads=1", "trainer.max_epochs=1",
-            f"dataset.data_dir={mini_conll}", "fault.kind=null,error", "fault.step=0",
+            f"dataset.data_dir={mini_conll}", "fault.kind=null,error,bogus", "fault.step=0",
             "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
     first = seqexp(tmp_path, *args)
     assert first.wait(timeout=300) == 1, (tmp_path / "sweep.log").read_text()[-4000:]
     said = (tmp_path / "sweep.log").read_text()
-    assert "1 finished, 0 skipped, 1 failed, 0 killed" in said, said[-3000:]
+    assert "1 finished, 0 skipped, 2 failed, 0 killed" in said, said[-3000:]
+    assert "fault.kind=bogus" in said and "`fault.kind`: unknown 'bogus'" in said
     _, jobs, (parent,) = jobs_of(tmp_path)
     status = {r.data.tags["grid.fault.kind"]: r.info.status for r in jobs}
     assert status == {"null": "FINISHED", "error": "FAILED"} and parent.info.status == "FAILED"
 
     again = seqexp(tmp_path, *args)
     assert again.wait(timeout=300) == 1
-    assert "0 finished, 1 skipped, 1 failed" in (tmp_path / "sweep.log").read_text()
+    assert "0 finished, 1 skipped, 2 failed" in (tmp_path / "sweep.log").read_text()
     _, jobs, _ = jobs_of(tmp_path)
     assert sorted(r.info.status for r in jobs) == ["FAILED", "FAILED", "FINISHED"]
 
