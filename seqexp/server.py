@@ -113,6 +113,13 @@ class Postgres:
         self.pgpass.chmod(0o600)
 
     def start(self, timeout: float = 60) -> "Postgres":
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> "Postgres":
         if not (self.data / "PG_VERSION").exists():
             self._init()
         log = open(self.folder / "postgres.log", "a")  # noqa: SIM115 -- the server's log, kept open while it runs
@@ -133,7 +140,6 @@ class Postgres:
                 break
             time.sleep(0.3)
         else:
-            self.stop()
             raise ServerError(f"postgres did not accept connections on 127.0.0.1:{self.port} within {timeout:.0f} s")
         self._create_database()
         return self
@@ -151,12 +157,14 @@ class Postgres:
                 raise ServerError(f"CREATE DATABASE {DB_NAME} failed: {made.stderr.strip()}")
 
     def stop(self) -> None:
+        """A "fast" shutdown (SIGINT: sessions end, a checkpoint is written). The signal goes to the server's
+        process group: as root, ``runuser`` stands between us and the postmaster and does not pass SIGINT on."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # "fast" shutdown: ends sessions, writes a checkpoint
+            os.killpg(self.proc.pid, signal.SIGINT)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
 
 
@@ -192,7 +200,7 @@ def mlflow_server(folder: Path, backend_uri: str, port: int | None = None, host:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     try:
         wait_healthy(url, proc, log)
-    except ServerError:
+    except BaseException:
         stop(proc)
         raise
     return proc, url
@@ -209,6 +217,10 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seqexp.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path(".seqexp-server"),
@@ -222,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend
     if backend == "auto":
         backend = "postgres" if postgres_bindir() is not None else "sqlite"
-    pg = None
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both servers as Ctrl-C does, even while starting
+    pg = proc = None
     try:
         env = None
         if backend == "postgres":
@@ -232,20 +245,18 @@ def main(argv: list[str] | None = None) -> int:
             args.dir.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{(args.dir / 'mlflow.db').resolve()}"
         proc, url = mlflow_server(args.dir, uri, port=args.port, host=args.host, workers=args.workers, env=env)
+        where = f"PostgreSQL on 127.0.0.1:{pg.port} ({pg.data})" if pg is not None else uri
+        print(f"MLflow server on {url}: backend {where}, artifacts {(args.dir / 'artifacts').resolve()}\n"
+              f"log to it with tracking.uri={url}; Ctrl-C stops it", flush=True)
+        proc.wait()
     except ServerError as exc:
-        if pg is not None:
-            pg.stop()
         print(f"seqexp: error: {exc}", file=sys.stderr)
         return 2
-    where = f"PostgreSQL on 127.0.0.1:{pg.port} ({pg.data})" if pg is not None else uri
-    print(f"MLflow server on {url}: backend {where}, artifacts {(args.dir / 'artifacts').resolve()}\n"
-          f"log to it with tracking.uri={url}; Ctrl-C stops it", flush=True)
-    try:
-        proc.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
         if pg is not None:
             pg.stop()
     return 0

@@ -62,7 +62,7 @@ def postgres_mlflow(tmp_path_factory):
     except ServerError as exc:
         cannot_run(f"PostgreSQL did not start: {exc}")
     try:
-        proc, url = mlflow_server(folder, pg.uri, env=pg.env)
+        proc, url = mlflow_server(folder, pg.uri, env=pg.env, workers=4)  # 8 writers at once
     except ServerError:
         pg.stop()
         raise
