@@ -4,6 +4,8 @@
 #   make strategies  the strategies study: MiniLM x every fine-tuning strategy x 3 seeds (hours; resumable)
 #   make test    the test suite (what CI runs)
 #   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db; prints the URL of each study's runs table
+#   make server  an MLflow server for many writers (SLURM, Ray, joblib) on http://$(HOST):$(PORT), PostgreSQL-backed
+#                where PostgreSQL is installed (else sqlite), everything in $(SERVER_DIR)/ (seqexp/server.py)
 #   make report  EXP=<experiment or sweep id>: reports/<EXP>/report.{md,html}
 #   make run     ARGS="model=tiny-bert freeze=last ...": one run (or ARGS="-m ..." a sweep)
 #   make bench   seqexp against the Hugging Face Trainer recipe (benchmarks/README.md)
@@ -14,17 +16,19 @@ WHEELS := $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels torc
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 MLFLOW_DB ?= mlruns.db
 PORT ?= 5000
+HOST ?= 127.0.0.1
+SERVER_DIR ?= .seqexp-server
 
 EXP ?= demo
 
-.PHONY: install test demo demo-2x strategies run report ui bench clean
+.PHONY: install test demo demo-2x strategies run report ui server bench clean
 
 install: .venv/.installed
 
 .venv/.installed: pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check uv
 	$(UV) venv -q --seed --allow-existing --python python3 .venv
-	$(UV) pip install -q --python $(PY) --compile-bytecode $(WHEELS) -e ".[minilm,optuna,test,bench]"
+	$(UV) pip install -q --python $(PY) --compile-bytecode $(WHEELS) -e ".[minilm,optuna,test,bench,slurm,ray,server]"
 	@touch $@
 
 test: install
@@ -63,6 +67,10 @@ report: install
 # MLflow 3 otherwise lands on its GenAI overview. make ui EXP=demo prints only that study's.
 ui: install
 	$(PY) -m seqexp.ui --uri sqlite:///$(abspath $(MLFLOW_DB)) --port $(PORT) $(if $(filter command line,$(origin EXP)),--experiment $(EXP),)
+
+# HOST=0.0.0.0 serves the cluster's nodes (MLflow's server has no authentication: a trusted network only).
+server: install
+	$(PY) -m seqexp.server --dir $(SERVER_DIR) --host $(HOST) --port $(PORT)
 
 # seqexp against the Hugging Face Trainer recipe on this machine (needs a quiet machine):
 # writes benchmarks/results/<date>.{json,md}.  make bench ARGS="--quick --force" is a smoke test.

@@ -160,12 +160,18 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as exc:
         if multirun:  # recorded as FAILED; the sweep goes on with the other jobs
             log.error("job failed: %s", exc)
+            from seqexp.sweep import record_failure
+
+            record_failure(exc)
             return None
         print(f"seqexp: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except Exception:
+    except Exception as exc:
         if multirun:
             log.exception("job failed")
+            from seqexp.sweep import record_failure
+
+            record_failure(exc)
             return None
         raise
 

@@ -4,8 +4,9 @@ Hydra calls ``SweepCallback`` around a ``-m`` multirun (registered in
 ``conf/config.yaml``). Before any job starts it opens the tracking database
 (a sqlite store is created under its file lock, see ``seqexp.tracking.client``), the experiment and the parent run,
 and hands them to the jobs through the ``SEQEXP_SWEEP`` environment variable,
-which every launcher's worker processes inherit. Every job writes its outcome
-into the sweep's outcome folder; at the end the callback prints a summary
+which every launcher's worker processes inherit (SLURM jobs too: sbatch exports the
+submitting environment). Every job writes its outcome into the sweep's outcome
+folder, inside the sweep folder (hydra.sweep.dir); at the end the callback prints a summary
 table and fails the command if any job failed.
 
 A sweep's identity is its command (experiment + overrides + sweeper params):
@@ -188,6 +189,15 @@ class Outcome:
             out.write_text(json.dumps(asdict(self)))
 
 
+def record_failure(error: BaseException) -> None:
+    """In a sweep, a job that failed before it had a run (a config error, an unreachable store) is still
+    FAILED in the summary, and fails the command; without this it vanished from both."""
+    info = SweepInfo.for_current_job()
+    if info is not None and not (Path(info.outcome_dir) / f"{HydraConfig.get().job.num:05d}.json").exists():
+        name = " ".join(HydraConfig.get().overrides.task) or HydraConfig.get().job.name
+        Outcome(name, "FAILED", "", error=f"{type(error).__name__}: {error}").save()
+
+
 # A claim from another host whose heartbeat is older than this is stale; the run beats every HEARTBEAT_S.
 LEASE_S = 600.0
 HEARTBEAT_S = 60.0
@@ -355,7 +365,11 @@ class SweepCallback(Callback):
         sweep_id = _sweep_id(config)
         with tracking.store_lock(uri):  # identical sweeps started together share one parent run
             parent = self._parent_run(client, config, exp_id, sweep_id, uri)
-        outcome_dir = Path(tempfile.mkdtemp(prefix=f"seqexp-sweep-{sweep_id}-"))
+        # In the sweep folder, not /tmp: a launcher's jobs may run on other machines (SLURM), which see that
+        # folder (submitit keeps its own files there) but not this machine's /tmp.
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        outcome_dir = Path(tempfile.mkdtemp(prefix=f".seqexp-outcomes-{sweep_id}-", dir=sweep_dir))
         from mlflow.entities import Param
 
         axes, fixed, jobs = sweep_grid(config)
