@@ -143,7 +143,11 @@ def test_runs_differing_only_in_eval_batch_size_are_one_configuration(tmp_path: 
     first, second = [r for r in client.search_runs([client.get_experiment_by_name("seqexp").experiment_id],
                                                    order_by=["attributes.start_time ASC"])
                      if r.data.tags.get("seqexp.role") != "sweep"]
-    assert first.data.params["trainer.eval_batch_size"] == "64" and second.data.params["trainer.eval_batch_size"] == "5"
+    # A runtime key is not a param (it changes nothing); the resolved config artifact says what each run used.
+    used = [OmegaConf.load(client.download_artifacts(r.info.run_id, "config.yaml", str(tmp_path / r.info.run_id)))
+            for r in (first, second)]
+    assert [c.trainer.eval_batch_size for c in used] == [64, 5]
+    assert "trainer.eval_batch_size" not in first.data.params
     assert first.data.tags["seqexp.fingerprint"] == second.data.tags["seqexp.fingerprint"]
     assert first.data.metrics["test_f1"] > 0  # it learnt something, so equal scores say something
     for key in ("test_f1", "test_precision", "test_recall", "test_accuracy", "best_val_f1"):
