@@ -28,7 +28,8 @@ from tests.conftest import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 PER_EPOCH = {"train_loss", "val_f1", "val_precision", "val_recall", "val_accuracy", "val_strict_f1"}
 AT_END = {"test_f1", "test_precision", "test_recall", "test_accuracy", "test_strict_f1", "train_time_s",
-          "trainable_params", "total_params", "train_sentences", "dev_sentences", "test_sentences"}
+          "trainable_params", "total_params"}
+SPLIT_SIZES = {"train_sentences", "dev_sentences", "test_sentences"}  # params: bookkeeping, not curves
 
 
 def launch(work: Path, tag: str, *overrides: str) -> subprocess.Popen:
@@ -79,6 +80,7 @@ def check_store(work: Path, experiment: str, epochs: int, killed_ok: bool = Fals
     assert set(per_fp.values()) == {1}, per_fp
     for run in jobs:
         assert PER_EPOCH | AT_END <= set(run.data.metrics), sorted(PER_EPOCH | AT_END - set(run.data.metrics))
+        assert SPLIT_SIZES <= set(run.data.params), sorted(SPLIT_SIZES - set(run.data.params))
         for key in PER_EPOCH:
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
             assert steps == list(range(epochs)), (run.info.run_name, key, steps)

@@ -39,7 +39,7 @@ def test_params_hold_no_none_no_plumbing_and_no_duplicate_of_an_axis():
 
 
 def test_sweep_progress_parent_summary_and_system_metrics(tmp_path, mini_conll):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}  # jobs of a few seconds
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
         [sys.executable, "-m", "seqexp.run", "-m", "model=tiny-bert", "freeze=last,unfreeze", "seed=1",

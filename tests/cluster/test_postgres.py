@@ -11,6 +11,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from tests.cluster.test_slurm import seqexp, wait_lifting_requeue_holds
+from seqexp.report.collect import PREDICTIONS
 from tests.conftest import REPO
 
 EXPERIMENT = "many-writers"
@@ -20,7 +21,7 @@ EXPERIMENT = "many-writers"
 BASE = ["model=tiny-bert", "freeze=last", "trainer.num_threads=1", "trainer.max_epochs=12",
         "trainer.early_stopping=false", "trainer.batch_size=4",
         f"tracking.experiment={EXPERIMENT}", "optim=adam,sgd"]
-ARTIFACTS = {"config.yaml", "test_report.txt", "test_metrics.json", "test_predictions.conll"}
+ARTIFACTS = {"config.yaml", "test_report.txt", "test_metrics.json", PREDICTIONS}
 
 
 def test_eight_concurrent_jobs_from_joblib_and_slurm_lose_nothing(tmp_path, mini_conll, slurm, postgres_mlflow):
@@ -54,7 +55,7 @@ def test_eight_concurrent_jobs_from_joblib_and_slurm_lose_nothing(tmp_path, mini
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(12))
         assert {"test_f1", "test_accuracy", "best_val_f1", "train_time_s"} <= set(run.data.metrics)
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= ARTIFACTS, run.info.run_name
-        predictions = Path(client.download_artifacts(run.info.run_id, "test_predictions.conll",
+        predictions = Path(client.download_artifacts(run.info.run_id, PREDICTIONS,
                                                      str(tmp_path / run.info.run_id)))
         assert len([b for b in predictions.read_text().split("\n\n") if b.strip()]) == 150
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, one root

