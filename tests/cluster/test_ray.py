@@ -16,8 +16,7 @@ import pytest
 
 from seqexp.server import free_port
 from tests.cluster.conftest import cannot_run
-from tests.cluster.test_slurm import BASE, GRID, jobs_of, seqexp
-from tests.test_resume import per_epoch
+from tests.cluster.test_slurm import BASE, GRID, assert_same_metrics, jobs_of, seqexp
 
 
 # Ray on Linux replaces 127.0.0.1 by the machine's routable address when it connects; with this (Ray's switch
@@ -82,9 +81,4 @@ def test_ray_sweep_finishes_every_run_once_with_local_metrics(tmp_path, mini_con
     ref_by_fp = {r.data.tags["seqexp.fingerprint"]: r for r in ref_jobs}
     assert len(by_fp) == 4 and set(by_fp) == set(ref_by_fp)
     assert len({r.data.tags["seqexp.pid"] for r in jobs}) >= 2  # run by Ray's worker processes, not the driver
-    for fp, run in by_fp.items():
-        ref = ref_by_fp[fp]
-        test = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "best_"))}
-        assert test and test == {k: v for k, v in ref.data.metrics.items() if k.startswith(("test_", "best_"))}
-        for key in ("val_f1", "train_loss"):
-            assert per_epoch(client, run.info.run_id, key) == per_epoch(ref_client, ref.info.run_id, key), key
+    assert_same_metrics(client, by_fp, ref_client, ref_by_fp)

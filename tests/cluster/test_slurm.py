@@ -149,12 +149,7 @@ def test_slurm_sweep_with_requeued_jobs_finishes_every_run_once_with_local_metri
             assert "Caught signal SIGUSR2" in said_by_job and "this job is timed-out" in said_by_job
 
     # The same metrics as the uninterrupted local runs of the same configs.
-    for fp, run in by_fp.items():
-        ref = ref_by_fp[fp]
-        test = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "best_"))}
-        assert test and test == {k: v for k, v in ref.data.metrics.items() if k.startswith(("test_", "best_"))}
-        for key in ("val_f1", "train_loss"):
-            assert per_epoch(client, run.info.run_id, key) == per_epoch(ref_client, ref.info.run_id, key), key
+    assert_same_metrics(client, by_fp, ref_client, ref_by_fp)
 
 
 
@@ -179,3 +174,13 @@ def test_submitit_local_launcher_records_failures_and_skips_finished_jobs(tmp_pa
     _, jobs, _ = jobs_of(tmp_path)
     assert sorted(r.info.status for r in jobs) == ["FAILED", "FAILED", "FINISHED"]
 
+
+
+def assert_same_metrics(client, by_fp: dict, ref_client, ref_by_fp: dict) -> None:
+    """Every run (by config fingerprint) has the test, best-dev and per-epoch metrics of its local reference run."""
+    for fp, run in by_fp.items():
+        ref = ref_by_fp[fp]
+        test = {k: v for k, v in run.data.metrics.items() if k.startswith(("test_", "best_"))}
+        assert test and test == {k: v for k, v in ref.data.metrics.items() if k.startswith(("test_", "best_"))}
+        for key in ("val_f1", "train_loss"):
+            assert per_epoch(client, run.info.run_id, key) == per_epoch(ref_client, ref.info.run_id, key), key
