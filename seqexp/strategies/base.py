@@ -30,7 +30,6 @@ from seqexp.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-PARTS = ("head", "mixer", "encoder")  # the Tagger's trainable parts, as ``lr`` sees them
 
 
 class Strategy:
