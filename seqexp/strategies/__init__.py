@@ -39,7 +39,21 @@ def from_config(freeze_cfg: DictConfig) -> Strategy:
         raise ConfigError(f"`freeze._target_`: {target!r} is not a seqexp.strategies.Strategy")
     params = OmegaConf.to_container(freeze_cfg, resolve=True)
     params.pop("_target_")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"`freeze`: {cls_name} does not take these keys ({exc})") from None
+    accepted = _keywords(cls)
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ConfigError(f"`freeze.{unknown[0]}`: not a key of {cls_name} (it takes: {', '.join(sorted(accepted))})")
+    return cls(**params)
+
+
+def _keywords(cls: type) -> set[str]:
+    """The keyword arguments ``cls`` takes, its bases' included (subclasses pass ``**budget`` on)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {p.name for p in inspect.signature(init).parameters.values()
+                      if p.kind is p.KEYWORD_ONLY}
+    return names
