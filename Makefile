@@ -48,8 +48,8 @@ demo-2x: install
 	$(DEMO_FULL) freeze.max_epochs=6 tracking.experiment=demo-2x; full=$$?; \
 	$(PY) -m seqexp.report demo-2x --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((head | full))
 
-# experiments/strategies.yaml: MiniLM x every conf/freeze strategy x 3 seeds on 4,000 CoNLL-2003 sentences. Hours on
-# 2 CPU cores; rerunning it skips finished runs and resumes killed ones (so it can be stopped and continued).
+# experiments/strategies.yaml: MiniLM x every conf/freeze strategy x 3 seeds on 1,000 CoNLL-2003 sentences. About an
+# hour on 2 CPU cores; rerunning it skips finished runs and resumes killed ones (so it can be stopped and continued).
 STRAT = $(PY) -m seqexp.run -m experiment=strategies
 strategies: install
 	$(STRAT) freeze=last,scalar_mix 'freeze.lr_scale=3,10,30'; a=$$?; \
