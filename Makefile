@@ -18,6 +18,10 @@ MLFLOW_DB ?= mlruns.db
 PORT ?= 5000
 HOST ?= 127.0.0.1
 SERVER_DIR ?= .seqexp-server
+# The store the study targets write and read: MLFLOW_TRACKING_URI where the environment sets it (a team's server),
+# else $(MLFLOW_DB). Exported to their runs, so a study's runs and its report always use the same store.
+STORE := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(abspath $(MLFLOW_DB)))
+demo demo-2x strategies run report ui: export MLFLOW_TRACKING_URI = $(STORE)
 
 EXP ?= demo
 
@@ -41,12 +45,12 @@ DEMO_HEAD = $(PY) -m seqexp.run -m experiment=demo freeze=last 'freeze.lr_scale=
 DEMO_FULL = $(PY) -m seqexp.run -m experiment=demo freeze=unfreeze
 demo: install
 	$(DEMO_HEAD); head=$$?; $(DEMO_FULL); full=$$?; \
-	$(PY) -m seqexp.report demo --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((head | full))
+	$(PY) -m seqexp.report demo --uri $$MLFLOW_TRACKING_URI && exit $$((head | full))
 
 demo-2x: install
 	$(DEMO_HEAD) freeze.max_epochs=100 tracking.experiment=demo-2x; head=$$?; \
 	$(DEMO_FULL) freeze.max_epochs=6 tracking.experiment=demo-2x; full=$$?; \
-	$(PY) -m seqexp.report demo-2x --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((head | full))
+	$(PY) -m seqexp.report demo-2x --uri $$MLFLOW_TRACKING_URI && exit $$((head | full))
 
 # experiments/strategies.yaml: MiniLM x every conf/freeze strategy x 3 seeds on 1,000 CoNLL-2003 sentences. About an
 # hour on 2 CPU cores; rerunning it skips finished runs and resumes killed ones (so it can be stopped and continued).
@@ -55,18 +59,18 @@ strategies: install
 	$(STRAT) freeze=last,scalar_mix 'freeze.lr_scale=3,10,30'; a=$$?; \
 	$(STRAT) freeze=unfreeze,top_k,llrd,lp_ft,bitfit,lora,ia3; b=$$?; \
 	$(STRAT) freeze=gradual freeze.every_n_epochs=null freeze.every_n_steps=40 freeze.max_epochs=4; c=$$?; \
-	$(PY) -m seqexp.report strategies --uri sqlite:///$(abspath $(MLFLOW_DB)) && exit $$((a | b | c))
+	$(PY) -m seqexp.report strategies --uri $$MLFLOW_TRACKING_URI && exit $$((a | b | c))
 
 run: install
 	$(PY) -m seqexp.run $(ARGS)
 
 report: install
-	$(PY) -m seqexp.report $(EXP) --uri sqlite:///$(abspath $(MLFLOW_DB)) --ui-url http://127.0.0.1:$(PORT)
+	$(PY) -m seqexp.report $(EXP) --uri $$MLFLOW_TRACKING_URI --ui-url http://127.0.0.1:$(PORT)
 
 # Prints "open http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning" per study (seqexp/ui.py):
 # MLflow 3 otherwise lands on its GenAI overview. make ui EXP=demo prints only that study's.
 ui: install
-	$(PY) -m seqexp.ui --uri sqlite:///$(abspath $(MLFLOW_DB)) --port $(PORT) $(if $(filter command line,$(origin EXP)),--experiment $(EXP),)
+	$(PY) -m seqexp.ui --uri $$MLFLOW_TRACKING_URI --port $(PORT) $(if $(filter command line,$(origin EXP)),--experiment $(EXP),)
 
 # HOST=0.0.0.0 serves the cluster's nodes (MLflow's server has no authentication: a trusted network only).
 server: install
