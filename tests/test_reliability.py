@@ -48,6 +48,13 @@ def together(work: Path, phase: str, n: int, overrides: list[str], timeout: floa
     return logs
 
 
+def claims(logs: list[str]) -> list[str]:
+    """What each sweep claimed, skipped or took over, in order: the evidence when a job trains twice."""
+    keep = ("MLflow run ", "skipping", "marking it KILLED", "resuming run")
+    return [f"sweep {i}: {line}" for i, log in enumerate(logs) for line in log.splitlines()
+            if any(k in line for k in keep)]
+
+
 def summary_counts(logs: list[str]) -> Counter:
     total: Counter = Counter()
     for log in logs:
@@ -108,7 +115,7 @@ def test_three_concurrent_sweeps_on_a_fresh_then_an_existing_store(tmp_path, min
     # A fresh store: all three create it at once (issue 11.1) and race for the same two jobs (11.2).
     logs = together(tmp_path, "fresh", 3, [*base, "optim=adam,sgd"])
     counts = summary_counts(logs)
-    assert counts == Counter(finished=2, skipped=4, failed=0, killed=0), counts
+    assert counts == Counter(finished=2, skipped=4, failed=0, killed=0), (counts, claims(logs))
     jobs = check_store(tmp_path, "seqexp", epochs=1)
     assert len(jobs) == 2
     assert report_counts(tmp_path, "seqexp") == (2, 2, "1")
@@ -116,7 +123,7 @@ def test_three_concurrent_sweeps_on_a_fresh_then_an_existing_store(tmp_path, min
     # The existing store: a second seed for each; the seed-1 jobs are done already.
     logs = together(tmp_path, "existing", 3, [*base, "optim=adam,sgd", "seed=1,2"])
     counts = summary_counts(logs)
-    assert counts == Counter(finished=2, skipped=10, failed=0, killed=0), counts
+    assert counts == Counter(finished=2, skipped=10, failed=0, killed=0), (counts, claims(logs))
     jobs = check_store(tmp_path, "seqexp", epochs=1)
     assert sorted((r.data.params["optim"], r.data.params["seed"]) for r in jobs) == [
         ("adam", "1"), ("adam", "2"), ("sgd", "1"), ("sgd", "2")]
