@@ -7,6 +7,8 @@
 #   make server  an MLflow server for many writers (SLURM, Ray, joblib) on http://$(HOST):$(PORT), PostgreSQL-backed
 #                where PostgreSQL is installed (else sqlite), everything in $(SERVER_DIR)/ (seqexp/server.py)
 #   make report  EXP=<experiment or sweep id>: reports/<EXP>/report.{md,html}
+#   make screenshots EXP=demo: reports/<EXP>/{ui_compare,report}.png, the MLflow comparison view and the report
+#                as headless Chromium shows them (experiments/screenshots.py; needs Debian's chromium)
 #   make run     ARGS="model=tiny-bert freeze=last ...": one run (or ARGS="-m ..." a sweep)
 #   make bench   seqexp against the Hugging Face Trainer recipe (benchmarks/README.md)
 SHELL := /bin/bash
@@ -21,11 +23,11 @@ SERVER_DIR ?= .seqexp-server
 # The store the study targets write and read: MLFLOW_TRACKING_URI where the environment sets it (a team's server),
 # else $(MLFLOW_DB). Exported to their runs, so a study's runs and its report always use the same store.
 STORE := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(abspath $(MLFLOW_DB)))
-demo demo-2x strategies run report ui: export MLFLOW_TRACKING_URI = $(STORE)
+demo demo-2x strategies run report ui screenshots: export MLFLOW_TRACKING_URI = $(STORE)
 
 EXP ?= demo
 
-.PHONY: install test demo demo-2x strategies run report ui server bench clean
+.PHONY: install test demo demo-2x strategies run report ui screenshots server bench clean
 
 install: .venv/.installed
 
@@ -66,6 +68,9 @@ run: install
 
 report: install
 	$(PY) -m seqexp.report $(EXP) --uri $$MLFLOW_TRACKING_URI --ui-url http://127.0.0.1:$(PORT)
+
+screenshots: install
+	$(PY) experiments/screenshots.py --experiment $(EXP) --uri $$MLFLOW_TRACKING_URI --report reports/$(EXP)/report.html --out reports/$(EXP)
 
 # Prints "open http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning" per study (seqexp/ui.py):
 # MLflow 3 otherwise lands on its GenAI overview. make ui EXP=demo prints only that study's.

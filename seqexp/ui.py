@@ -11,10 +11,24 @@ started, only its URLs are printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Mapping
 
 from seqexp import tracking
+
+# Headless Chromium as root in a sandbox without a network (the browser tests, experiments/screenshots.py):
+# no sandboxing, and none of Chromium's own connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
 
 
 def landing_urls(uri: str, base: str, only: str | None = None) -> list[tuple[str, str, str]]:
@@ -29,6 +43,48 @@ def landing_urls(uri: str, base: str, only: str | None = None) -> list[tuple[str
         out.append((exp.name, tracking.ui_url(base, exp.experiment_id),
                     tracking.ui_url(base, exp.experiment_id, compare=True)))
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(uri: str, log: Path, experiment: str | None = None, env: Mapping[str, str] | None = None,
+          port: int | None = None, timeout_s: float = 180) -> Iterator[dict[str, str]]:
+    """``python -m seqexp.ui`` on ``port`` (default: a free one) of 127.0.0.1, in its own process group
+    (stopped on exit), once it answers. Yields ``base`` and the first experiment's ``runs table`` and
+    ``comparison`` URLs."""
+    port = port or free_port()
+    with open(log, "w") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "seqexp.ui", "--uri", uri, "--port", str(port),
+                               *(["--experiment", experiment] if experiment else [])],
+                              env=dict(env) if env is not None else None, stdout=out, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # mlflow ui and its workers: one process group to stop
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    pass
+                if ui.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the MLflow UI did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+            urls = {"base": base}
+            for key in ("runs table", "comparison"):
+                found = re.search(rf"{key}:\s+open (\S+)", log.read_text())
+                if found is not None:
+                    urls[key] = found.group(1)
+            yield urls
+        finally:
+            os.killpg(ui.pid, signal.SIGTERM)
+            ui.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:

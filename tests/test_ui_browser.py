@@ -11,22 +11,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from seqexp.ui import CHROMIUM_ARGS, free_port, serve
 from tests.conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As root, in a sandbox without a network: no sandboxing, and none of Chromium's own connections.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
 EXPERIMENT = "ui"
 JOBS = ["model=tiny-bert", "freeze=last,unfreeze", "optim=adam,sgd"]
 TIMEOUT_MS = 60_000
@@ -38,12 +32,6 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run installs it)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -59,7 +47,7 @@ def study(tmp_path_factory, mini_conll):
     """A real sweep, its report, and the MLflow UI over its store; yields what the tests open."""
     cwd = tmp_path_factory.mktemp("ui-study")
     uri = f"sqlite:///{cwd / 'mlruns.db'}"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     _run(cwd, "-m", "seqexp.run", "-m", *JOBS, f"dataset.data_dir={mini_conll}", "trainer.max_epochs=1",
          "trainer.batch_size=16", "trainer.num_threads=1", f"tracking.experiment={EXPERIMENT}")
@@ -74,30 +62,10 @@ def study(tmp_path_factory, mini_conll):
     children = [r for r in runs if r.data.tags.get("seqexp.role") == "job"]
     assert len(children) == 4
 
-    log = open(cwd / "ui.log", "w")  # noqa: SIM115 -- the UI's output, read while it runs
-    ui = subprocess.Popen([sys.executable, "-m", "seqexp.ui", "--uri", uri, "--port", str(port)], cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)  # mlflow ui and its workers: one process group to stop
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert ui.poll() is None and time.monotonic() < deadline, (cwd / "ui.log").read_text()[-3000:]
-            time.sleep(1)
-        printed = (cwd / "ui.log").read_text()
-        landing = re.search(r"runs table:\s+open (\S+)", printed).group(1)
-        compare = re.search(r"comparison:\s+open (\S+)", printed).group(1)
-        yield {"cwd": cwd, "base": base, "landing": landing, "compare": compare, "parent": parent,
-               "children": children, "experiment_id": exp.experiment_id, "report": cwd / "report" / "report.html"}
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
-        log.close()
+    with serve(uri, cwd / "ui.log", env={**os.environ, "PYTHONPATH": str(REPO)}, port=port) as urls:
+        yield {"cwd": cwd, "base": base, "landing": urls["runs table"], "compare": urls["comparison"],
+               "parent": parent, "children": children, "experiment_id": exp.experiment_id,
+               "report": cwd / "report" / "report.html"}
 
 
 @pytest.fixture(scope="module")
