@@ -185,12 +185,12 @@ def train_and_test(cfg: DictConfig, tracker, resume=None, job_started: float | N
         callbacks, saver, best = run_callbacks(cfg, tracker, stack)
         trainer = make_trainer(cfg, callbacks=callbacks, strategy=tagger.strategy)
         started = time.perf_counter()
+        from seqexp.training.distributed import announce, processes
         from seqexp.training.stopping import recorded_stop
 
-        from seqexp.training.distributed import announce
-
         # DDP: the processes Lightning starts at fit learn the MLflow run and the checkpoint from rank 0
-        stack.enter_context(announce(tracker.run_id, resume.path if resume is not None else None))
+        if processes(cfg.trainer) > 1:
+            stack.enter_context(announce(tracker.run_id, resume.path if resume is not None else None))
         with recorded_stop(trainer, tracker):  # fit
             trainer.fit(tagger, datamodule=dm, ckpt_path=resume.path if resume is not None else None)
         metrics = {"train_time_s": time.perf_counter() - started, "max_epochs": float(cfg.trainer.max_epochs),
