@@ -16,7 +16,7 @@ from seqexp.models import ALIGNMENTS
 from seqexp.models.encoders import check_files
 from seqexp.strategies import from_config as strategy_from_config
 from seqexp.tracking import check_reachable
-from seqexp.training import faults
+from seqexp.training import distributed, faults
 from seqexp.training.optim import OPTIMIZERS, SCHEDULES
 
 # The seeds Lightning's seed_everything (and numpy) accept.
@@ -114,6 +114,13 @@ def _selection(cfg: DictConfig) -> None:
 _ABSENT = object()
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value found."""
     _finite(cfg)
@@ -135,6 +142,7 @@ def validate(cfg: DictConfig) -> None:
     check_files(cfg.model)
     strategy = strategy_from_config(cfg.freeze)
     strategy.check(cfg)
+    distributed.check(cfg, strategy, multirun=_multirun())
     _max_time(cfg.trainer.get("max_time"))
     _one_of(cfg.trainer.get("feature_cache_dtype"), "trainer.feature_cache_dtype", (None, "float16", "bfloat16", "float32"))
     every = cfg.trainer.get("val_every_n_epochs", 1)

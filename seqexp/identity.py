@@ -69,7 +69,8 @@ RUNTIME = (
     "rerun", "resume", "tuned",
     # where and how parallel: the same computation, other float rounding at most. Not trainer.devices:
     # several devices train data-parallel, so each optimizer step sees devices x batch_size sentences.
-    "trainer.accelerator", "trainer.num_threads", "trainer.num_workers",
+    # trainer.strategy: auto or ddp, the same processes for the same trainer.devices.
+    "trainer.accelerator", "trainer.strategy", "trainer.num_threads", "trainer.num_workers",
     "trainer.host_mmap_threshold_mib", "trainer.compile", "trainer.compile_backend", "trainer.eval_batch_size",
     # how often train_loss is logged
     "trainer.log_every_n_steps",

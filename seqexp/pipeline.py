@@ -127,10 +127,26 @@ def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
         from seqexp.training.checkpoints import StreamingCheckpointIO
 
         plugins.append(StreamingCheckpointIO())
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from seqexp.errors import ConfigError
+    from seqexp.training import distributed
+
+    try:
+        return _trainer(L, t, strategy, checkpointing, plugins, callbacks, distributed)
+    except MisconfigurationException as exc:  # e.g. more devices than the accelerator has
+        raise ConfigError(f"`trainer.devices`/`trainer.accelerator`/`trainer.strategy`: {exc}") from None
+
+
+def _trainer(L, t, strategy, checkpointing, plugins, callbacks, distributed):
     return L.Trainer(
         max_epochs=t.max_epochs, max_steps=t.max_steps,
         min_epochs=getattr(strategy, "min_epochs", None), min_steps=getattr(strategy, "min_steps", None), max_time=t.max_time,
-        accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices if distributed.processes(t) > 1 else 1,
+        strategy=distributed.lightning_strategy(t), precision=t.precision,
+        # Several processes: LengthGroupedBatches shares every batch out itself; Lightning's
+        # DistributedSampler would pad a split with repeated windows (seqexp/training/distributed.py).
+        use_distributed_sampler=False,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
@@ -169,13 +185,17 @@ def train_and_test(cfg: DictConfig, tracker, resume=None, job_started: float | N
         callbacks, saver, best = run_callbacks(cfg, tracker, stack)
         trainer = make_trainer(cfg, callbacks=callbacks, strategy=tagger.strategy)
         started = time.perf_counter()
+        from seqexp.training.distributed import announce, processes
         from seqexp.training.stopping import recorded_stop
 
+        # DDP: the processes Lightning starts at fit learn the MLflow run and the checkpoint from rank 0
+        if processes(cfg.trainer) > 1:
+            stack.enter_context(announce(tracker.run_id, resume.path if resume is not None else None))
         with recorded_stop(trainer, tracker):  # fit
             trainer.fit(tagger, datamodule=dm, ckpt_path=resume.path if resume is not None else None)
         metrics = {"train_time_s": time.perf_counter() - started, "max_epochs": float(cfg.trainer.max_epochs),
                    "epochs_run": float(trainer.fit_loop.epoch_progress.current.completed)}
-        if saver is not None and saver.save_seconds:
+        if saver is not None and saver.save_seconds and trainer.is_global_zero:  # DDP: rank 0 writes
             log.info("checkpoints: %d saved to %s, %.2fs each on average", len(saver.save_seconds), saver.path,
                      sum(saver.save_seconds) / len(saver.save_seconds))
         if tagger.first_step_at is not None and job_started is not None:

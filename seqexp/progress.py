@@ -97,6 +97,10 @@ class StepLoss(Callback):
         if step == self._last or step % self.every_n_steps:
             return  # accumulating gradients: the same optimizer step again
         loss = _loss(outputs)
+        if trainer.world_size > 1 and loss is not None:  # the mean over every rank's part of the batch
+            import torch
+
+            loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
         if loss is not None and math.isfinite(loss):
             self._last = step
             self.sink({"train_loss_step": loss}, step)

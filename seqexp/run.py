@@ -76,6 +76,11 @@ def run(cfg: DictConfig) -> float | None:
     validate(cfg)
     quiet_libraries()  # imports Lightning, and torch with it
     gc_startup.freeze_imports()
+    from seqexp.training import distributed
+
+    parent = distributed.parent_run()
+    if parent is not None:  # rank > 0 of a DDP run: rank 0 owns the MLflow run and the sweep bookkeeping
+        return train_rank(cfg, parent)
     choices, overrides = hydra_context()
     axes = {axis: choices.get(axis, "?") for axis in AXES}
     axes["seed"] = str(cfg.seed)
@@ -122,6 +127,22 @@ def run(cfg: DictConfig) -> float | None:
     return dev_f1
 
 
+def train_rank(cfg: DictConfig, parent: dict) -> None:
+    """A process Lightning started for rank 1..N-1 of a DDP run (seqexp/training/distributed.py): it trains
+    its share and logs nothing; no claim, no MLflow run, no outcome, no checkpoint removal."""
+    from pathlib import Path
+
+    from seqexp.pipeline import train_and_test
+    from seqexp.training.checkpoints import read_saved_state
+    from seqexp.training.distributed import RankTracker
+    from seqexp.training.stopping import interruptible
+
+    resume = read_saved_state(Path(parent["resume"])) if parent.get("resume") else None
+    with interruptible():
+        train_and_test(cfg, RankTracker(parent["run_id"]), resume)
+    return None
+
+
 def quiet_libraries() -> None:
     """Keep the console for seqexp's own lines: no weight-loading bars, tips or deprecation noise."""
     import os
@@ -137,6 +158,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # Our batch sampler resumes mid-epoch through the datamodule's state (seqexp/training/checkpoints.py).
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    # DDP: dev scores are broadcast from rank 0 (seqexp.models.tagger), the same on every rank; no sync needed.
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")  # Lightning 2.6's own call
     # Frozen modules are in eval mode on purpose (no dropout in what does not train).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 

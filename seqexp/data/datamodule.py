@@ -38,16 +38,28 @@ class LengthGroupedBatches(Sampler[list[int]]):
     length inside each pool, cut into batches, and the batches are shuffled.
     The order depends only on ``seed`` and the epoch (counted by ``__iter__``).
     ``resume_at`` makes the next ``__iter__`` continue a checkpointed epoch.
+
+    Several processes (DDP: ``num_replicas`` > 1, this one ``rank``): training batches are the
+    ``num_replicas x batch_size`` batches one process would make, each split into ``num_replicas``
+    parts (windows ``rank::num_replicas`` of the length-sorted batch), so every window trains once
+    per epoch across the ranks and every rank takes the same number of steps; a last batch with
+    fewer windows than ranks joins the one before it. Evaluation (``shuffle=False``): the
+    length-sorted windows are dealt out to the ranks (``rank::num_replicas``) and batched per rank,
+    so every window is predicted by exactly one rank.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *,
-                 grouped: bool = True, shuffle: bool = True, pool_factor: int = 50):
+                 grouped: bool = True, shuffle: bool = True, pool_factor: int = 50,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.grouped = grouped
         self.shuffle = shuffle
-        self.pool = batch_size * pool_factor
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.global_batch = batch_size * (num_replicas if shuffle else 1)
+        self.pool = self.global_batch * pool_factor
         self.epoch = 0
         self._skip = 0  # batches of the next epoch already trained before a checkpoint
 
@@ -58,7 +70,13 @@ class LengthGroupedBatches(Sampler[list[int]]):
         self.epoch, self._skip = epoch, batches_done
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        if not self.shuffle:
+            mine = len(range(self.rank, len(self.lengths), self.num_replicas))
+            return (mine + self.batch_size - 1) // self.batch_size
+        n = (len(self.lengths) + self.global_batch - 1) // self.global_batch
+        if n > 1 and len(self.lengths) - (n - 1) * self.global_batch < self.num_replicas:
+            n -= 1  # the last batch joins the one before
+        return n
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
@@ -67,14 +85,23 @@ class LengthGroupedBatches(Sampler[list[int]]):
         order = list(range(len(self.lengths)))
         if not self.shuffle:
             order.sort(key=lambda i: -self.lengths[i])
+            order = order[self.rank :: self.num_replicas]
             yield from [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)][skip:]
             return
         rng.shuffle(order)
         if self.grouped:
             pools = [order[i : i + self.pool] for i in range(0, len(order), self.pool)]
             order = [i for pool in pools for i in sorted(pool, key=lambda j: -self.lengths[j])]
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.global_batch] for i in range(0, len(order), self.global_batch)]
         rng.shuffle(batches)
+        if self.num_replicas > 1:
+            short = [k for k, b in enumerate(batches) if len(b) < self.num_replicas]
+            if short and len(batches) > 1:  # at most one: the last cut; it joins a neighbour
+                k = short[0]
+                batches[k - 1 if k else 1].extend(batches.pop(k))
+            if len(order) < self.num_replicas:
+                raise ValueError(f"{len(order)} training windows cannot be shared by {self.num_replicas} processes")
+            batches = [sorted(b, key=lambda j: -self.lengths[j])[self.rank :: self.num_replicas] for b in batches]
         yield from batches[skip:]
 
 
@@ -228,12 +255,30 @@ class TaggingDataModule(L.LightningDataModule):
     def gold(self, split: str) -> list[list[str]]:
         return [list(s.tags) for s in self.splits[split]]
 
+    def prepare_data(self) -> None:
+        """Several processes (DDP): Lightning calls this on rank 0 alone while the others wait at a
+        barrier, so a frozen encoder's features are computed (and written to the feature cache) once;
+        the other ranks load the file when their first batch needs it. One process: nothing to do
+        (features are computed at the first batch that needs them)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return
+        for split in ("test",) if trainer.testing else ("train", "dev"):
+            if split in self.features:
+                self.split_features(split)
+
+    def _ranks(self) -> tuple[int, int]:
+        """(processes, this one's rank) of the trainer this datamodule serves."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         windows = self.windows[split]
+        replicas, rank = self._ranks()
         sampler = LengthGroupedBatches(
             [len(w.input_ids) for w in windows],
             self.batch_size if train else self.eval_batch_size,
-            self.seed, grouped=self.length_grouped, shuffle=train,
+            self.seed, grouped=self.length_grouped, shuffle=train, num_replicas=replicas, rank=rank,
         )
         features = functools.partial(self.split_features, split) if split in self.features else None
         if features is not None and self.num_workers:

@@ -203,7 +203,8 @@ class Tagger(L.LightningModule):
 
     # A run resumed mid-epoch (seqexp.training.checkpoints) reports the whole epoch's train_loss.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["train_loss_sum"] = [self._loss_sum, self._loss_count]
+        # Several processes: the sums over every rank's windows (every rank saves; rank 0 writes the file).
+        checkpoint["train_loss_sum"] = self._epoch_loss()
         # The dev scores these weights earned: a best-dev checkpoint says what it was chosen for.
         dev = self.results.get("dev", {})
         checkpoint["dev_result"] = {k: v for k, v in dev.items() if isinstance(v, float)}
@@ -216,13 +217,26 @@ class Tagger(L.LightningModule):
         """Called before the weights load, and on resume before the optimizer is built: the phase the
         checkpoint was saved in decides the trainable set, the optimizer's groups and the features used."""
         self.set_phase(int(checkpoint.get("seqexp_phase", 0)))
-        self._loss_sum, self._loss_count = checkpoint.get("train_loss_sum", [0.0, 0])
+        # The saved sums are every rank's: rank 0 carries them on, the other ranks count afresh.
+        self._loss_sum, self._loss_count = checkpoint.get("train_loss_sum", [0.0, 0]) \
+            if self.global_rank == 0 else (0.0, 0)
         self.loaded = {"epoch": int(checkpoint["epoch"]), "dev": dict(checkpoint.get("dev_result", {}))}
         self._epoch_started = time.perf_counter()
 
+    def _epoch_loss(self) -> list:
+        """[sum, count] of this epoch's per-window train loss over every rank's windows (one process:
+        its own). A collective under DDP: every rank calls it at the same point."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [self._loss_sum, self._loss_count]
+        total = self.trainer.strategy.reduce(
+            torch.tensor([self._loss_sum, float(self._loss_count)], dtype=torch.float64, device=self.device),
+            reduce_op="sum")
+        return [float(total[0]), int(total[1])]
+
     def on_train_epoch_end(self) -> None:
-        if self._loss_count:
-            loss = self._loss_sum / self._loss_count
+        loss_sum, count = self._epoch_loss()
+        if count:
+            loss = loss_sum / count
             self._emit({"train_loss": loss}, self.current_epoch)
             dev = self.results.get("dev", {})
             val = f"  val_f1 {dev['f1']:.4f}" if dev.get("epoch") == self.current_epoch else ""
@@ -245,14 +259,37 @@ class Tagger(L.LightningModule):
             cols = np.flatnonzero(score[row])
             self._pred[sent][first + cols] = decoded[row, cols]
 
+    def _gather_ranks(self, split: str) -> None:
+        """Several processes: each predicted its share of the windows; every rank gets the union.
+        A word predicted by two ranks (a window served twice) is an error, as is one by none."""
+        sizes = [len(p) for p in self._pred]
+        mine = torch.from_numpy(np.concatenate(self._pred) if sizes else np.zeros(0, dtype=np.int64))
+        every = self.all_gather(mine.to(self.device)).cpu()  # [ranks, words of the split]
+        twice = int(((every >= 0).sum(0) > 1).sum())
+        if twice:
+            raise RuntimeError(f"{twice} words of the {split} split were predicted by more than one process")
+        merged = every.max(0).values.numpy()
+        bounds = np.cumsum([0, *sizes])
+        self._pred = [merged[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
+        loss = self.all_gather(torch.tensor(self._eval_loss, dtype=torch.float64, device=self.device)).cpu()
+        self._eval_loss = loss.sum(0).tolist()
+
     def _finish_eval(self, split: str) -> dict:
+        ranks = self.trainer.world_size if self._trainer is not None else 1
+        if ranks > 1:
+            self._gather_ranks(split)
         missing = sum(int((p < 0).sum()) for p in self._pred)
         if missing:
             raise RuntimeError(f"{missing} words of the {split} split got no prediction")
         names = np.asarray(self.labels, dtype=object)
         pred = [names[p].tolist() for p in self._pred]
-        result = evaluate(self.gold[split], pred, self.scoring_scheme)
-        result["loss"] = self._eval_loss[0] / max(1, self._eval_loss[1])
+        if ranks == 1 or self.global_rank == 0:  # scored once; the other ranks get rank 0's scores
+            result = evaluate(self.gold[split], pred, self.scoring_scheme)
+            result["loss"] = self._eval_loss[0] / max(1, self._eval_loss[1])
+        else:
+            result = None
+        if ranks > 1:  # selection and early stopping must decide the same on every rank
+            result = self.trainer.strategy.broadcast(result, src=0)
         self.results[split] = result
         self.predictions[split] = pred
         self._pred = None

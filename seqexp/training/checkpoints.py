@@ -30,6 +30,7 @@ the trained blocks with the optimizer groups of that phase (``Tagger.on_load_che
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -247,7 +248,14 @@ class LastCheckpoint(Checkpoint):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self._frozen and self._frozen_fp is None:  # frozen weights never change: hash them once
             self._frozen_fp = frozen_fingerprint(pl_module, self._frozen)
-        checkpoint["seqexp"] = {**self.meta, "frozen_fingerprint": self._frozen_fp, "rng": rng_states()}
+        checkpoint["seqexp"] = meta = {**self.meta, "frozen_fingerprint": self._frozen_fp, "rng": rng_states()}
+        if trainer.world_size > 1:  # DDP: each rank draws its own dropout masks, and resumes its own stream
+            import torch.distributed as dist
+
+            mine = io.BytesIO()
+            torch.save(meta["rng"], mine)  # bytes: all_gather_object cannot pickle tensors here (torch 2.13)
+            meta["rng_ranks"] = [None] * trainer.world_size
+            dist.all_gather_object(meta["rng_ranks"], mine.getvalue())
 
     # -- resuming ----------------------------------------------------------------------------
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -270,7 +278,10 @@ class LastCheckpoint(Checkpoint):
                                       f"with ({meta.get('frozen_fingerprint')} vs {current}); "
                                       "pass resume=false to start afresh")
             self._frozen_fp = current
+        ranks = meta.get("rng_ranks")
         self._rng_to_restore = meta.get("rng")
+        if ranks and trainer.global_rank < len(ranks):
+            self._rng_to_restore = torch.load(io.BytesIO(ranks[trainer.global_rank]), weights_only=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Here, not at load time: Lightning's set-up between the two must not shift the streams.
