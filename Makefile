@@ -38,7 +38,7 @@ install: .venv/.installed
 	@touch $@
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # experiments/demo.yaml: MiniLM x {head only (its LR tuned on dev), full fine-tuning} x {Adam, SGD} x 3 seeds.
 # A rerun skips the jobs that already finished. make demo-2x: the same protocol with every max_epochs (conf/freeze)

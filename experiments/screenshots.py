@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         page.wait_for_function("""() => { const t = [...document.querySelectorAll('svg text')]
                                             .map(e => e.textContent);
                                           return ['freeze', 'test_f1'].every(k => t.includes(k)); }""")
+        assistant = page.get_by_text("MLflow Assistant")  # MLflow 3's chat panel: closed, it leaves the charts room
+        if assistant.count():
+            page.locator("button[aria-label='Close']").last.click()
         page.wait_for_timeout(2000)  # the charts' transitions
         page.screenshot(path=str(args.out / "ui_compare.png"))
         page.goto(args.report.resolve().as_uri())
