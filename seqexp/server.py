@@ -42,6 +42,9 @@ class ServerError(RuntimeError):
     """A server that could not be started; the message says why and where its log is."""
 
 
+WORKER_HEALTHCHECK_S = 120
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,7 +196,11 @@ def mlflow_server(folder: Path, backend_uri: str, port: int | None = None, host:
     log = folder / "mlflow-server.log"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
            "--backend-store-uri", backend_uri, "--artifacts-destination", str(folder / "artifacts"),
-           "--workers", str(workers)]
+           "--workers", str(workers),
+           # uvicorn kills a worker that misses a health ping for 5 s; one still importing MLflow on a loaded
+           # machine misses it, and is killed and restarted until the server gives up (seen in CI: no answer
+           # in 120 s, a worker "died" after 90 s).
+           "--uvicorn-opts", f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}"]
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)

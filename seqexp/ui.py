@@ -15,15 +15,13 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from seqexp import tracking
+from seqexp.server import free_port, wait_healthy
 
 # Headless Chromium as root in a sandbox without a network (the browser tests, experiments/screenshots.py):
 # no sandboxing, and none of Chromium's own connections.
@@ -45,12 +43,6 @@ def landing_urls(uri: str, base: str, only: str | None = None) -> list[tuple[str
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(uri: str, log: Path, experiment: str | None = None, env: Mapping[str, str] | None = None,
           port: int | None = None, timeout_s: float = 180) -> Iterator[dict[str, str]]:
@@ -65,17 +57,7 @@ def serve(uri: str, log: Path, experiment: str | None = None, env: Mapping[str, 
                               start_new_session=True)  # mlflow ui and its workers: one process group to stop
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
-                        if reply.status == 200:
-                            break
-                except OSError:
-                    pass
-                if ui.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the MLflow UI did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
+            wait_healthy(base, ui, log, timeout_s)
             urls = {"base": base}
             for key in ("runs table", "comparison"):
                 found = re.search(rf"{key}:\s+open (\S+)", log.read_text())
