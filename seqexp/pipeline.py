@@ -133,27 +133,23 @@ def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
     from seqexp.training import distributed
 
     try:
-        return _trainer(L, t, strategy, checkpointing, plugins, callbacks, distributed)
+        return L.Trainer(
+            max_epochs=t.max_epochs, max_steps=t.max_steps,
+            min_epochs=getattr(strategy, "min_epochs", None), min_steps=getattr(strategy, "min_steps", None), max_time=t.max_time,
+            accelerator=t.accelerator, devices=t.devices if distributed.processes(t) > 1 else 1,
+            strategy=distributed.lightning_strategy(t), precision=t.precision,
+            # Several processes: LengthGroupedBatches shares every batch out itself; Lightning's
+            # DistributedSampler would pad a split with repeated windows (seqexp/training/distributed.py).
+            use_distributed_sampler=False,
+            gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+            limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
+            check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
+            logger=False, enable_checkpointing=checkpointing, plugins=plugins,
+            enable_model_summary=False,
+            num_sanity_val_steps=0, enable_progress_bar=True, callbacks=callbacks,
+        )
     except MisconfigurationException as exc:  # e.g. more devices than the accelerator has
         raise ConfigError(f"`trainer.devices`/`trainer.accelerator`/`trainer.strategy`: {exc}") from None
-
-
-def _trainer(L, t, strategy, checkpointing, plugins, callbacks, distributed):
-    return L.Trainer(
-        max_epochs=t.max_epochs, max_steps=t.max_steps,
-        min_epochs=getattr(strategy, "min_epochs", None), min_steps=getattr(strategy, "min_steps", None), max_time=t.max_time,
-        accelerator=t.accelerator, devices=t.devices if distributed.processes(t) > 1 else 1,
-        strategy=distributed.lightning_strategy(t), precision=t.precision,
-        # Several processes: LengthGroupedBatches shares every batch out itself; Lightning's
-        # DistributedSampler would pad a split with repeated windows (seqexp/training/distributed.py).
-        use_distributed_sampler=False,
-        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
-        limit_train_batches=t.limit_train_batches, log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.val_every_n_epochs or 1, limit_val_batches=None if t.val_every_n_epochs else 0,
-        logger=False, enable_checkpointing=checkpointing, plugins=plugins,
-        enable_model_summary=False,
-        num_sanity_val_steps=0, enable_progress_bar=True, callbacks=callbacks,
-    )
 
 
 def metric_safe(tag: str) -> str:
