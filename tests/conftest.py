@@ -126,15 +126,3 @@ def hub_cache(tmp_path_factory, mini_conll) -> dict[str, str]:
         built = build_tiny(compose([f"model={tiny}"]).model, train, home / "build")
         _as_hub_snapshot(built, hub_id, hub)
     return {"HF_HOME": str(home), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
-
-
-# `make test` runs the suite on 2 workers (pytest-xdist, --dist loadgroup). Each test file stays on one worker, so
-# its module fixtures are built once; the files that share the session's SLURM cluster (test_slurm, test_postgres:
-# SLURM jobs writing to PostgreSQL) share a worker, so only one cluster starts.
-SAME_WORKER = {"test_slurm.py": "slurm", "test_postgres.py": "slurm"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = SAME_WORKER.get(item.path.name) or str(item.path.relative_to(REPO))
-        item.add_marker(pytest.mark.xdist_group(group))
