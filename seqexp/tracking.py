@@ -120,8 +120,12 @@ def check_driver(uri: str) -> None:
         ) from None
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer or a database cannot be opened."""
+def check_reachable(uri: str, timeout: float = 5.0, patience: float = 120.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer or a database cannot be opened.
+
+    A refused connection fails at once (nothing listens there). A server that accepts but is slow to answer
+    (a loaded machine with many writers starting together) is asked again, each time for up to ``timeout``
+    seconds, until ``patience`` seconds have passed."""
     if not uri.startswith(("http://", "https://")):
         if not uri.startswith(("sqlite:", "postgresql", "mysql", "mssql", "databricks")):
             raise ConfigError(
@@ -136,12 +140,22 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         if not uri.startswith("databricks"):
             check_driver(uri)
         return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
-            if reply.status != 200:
-                raise OSError(f"HTTP {reply.status}")
-    except (OSError, urllib.error.URLError) as exc:
-        raise ConfigError(f"`tracking.uri`: MLflow server {uri} is unreachable ({exc})") from None
+    start = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                if reply.status != 200:
+                    raise OSError(f"HTTP {reply.status}")
+            return
+        except (OSError, urllib.error.URLError) as exc:
+            slow = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+            waited = time.monotonic() - start
+            if not slow:
+                raise ConfigError(f"`tracking.uri`: MLflow server {uri} is unreachable ({exc})") from None
+            if waited + timeout > patience:
+                raise ConfigError(f"`tracking.uri`: MLflow server {uri} is unreachable (no answer in "
+                                  f"{waited:.0f} s)") from None
+            log.warning("MLflow server %s has not answered in %.0f s; asking again", uri, waited)
 
 
 # -- one store, safe across processes ----------------------------------------------------------------

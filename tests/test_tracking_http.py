@@ -72,3 +72,59 @@ def test_unreachable_server_is_a_clear_error_before_training(tmp_path, mini_conl
     assert proc.returncode == 2
     assert "tracking.uri" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class _SlowHealth:
+    """A real HTTP server on 127.0.0.1 whose first ``delays`` answers to /health each take ``delay`` seconds:
+    a server that is up but loaded (8 writers starting at once on 2 cores)."""
+
+    def __init__(self, delays: int, delay: float):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        state = {"left": delays}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if state["left"] > 0:
+                    state["left"] -= 1
+                    time.sleep(delay)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_slow_server_is_asked_again_and_a_silent_one_fails_after_its_patience():
+    from seqexp.errors import ConfigError
+    from seqexp.tracking import check_reachable
+
+    slow = _SlowHealth(delays=2, delay=1.0)  # two answers slower than the 0.3 s allowed each, then fast ones
+    try:
+        check_reachable(slow.url, timeout=0.3, patience=10)
+    finally:
+        slow.close()
+    silent = _SlowHealth(delays=100, delay=5.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=r"`tracking.uri`: MLflow server .* is unreachable \(no answer in"):
+            check_reachable(silent.url, timeout=0.3, patience=1.5)
+        assert time.monotonic() - start < 3
+    finally:
+        silent.close()
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens: no second try
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="is unreachable"):
+        check_reachable(refused, timeout=0.3, patience=30)
+    assert time.monotonic() - start < 1
