@@ -1,7 +1,7 @@
-"""Peak host memory of fine-tuning an encoder on CPU: glibc's mmap threshold.
+"""Peak host memory of fine-tuning an encoder on CPU: glibc's mmap threshold (an opt-in).
 
-    python -m seqexp.run freeze=unfreeze trainer.host_mmap_threshold_mib=1   # the default
-    python -m seqexp.run freeze=unfreeze trainer.host_mmap_threshold_mib=null  # glibc's own
+    python -m seqexp.run freeze=unfreeze                                   # the default: glibc's own
+    python -m seqexp.run freeze=unfreeze trainer.host_mmap_threshold_mib=1  # less memory, slower
 
 glibc serves an allocation from its heap unless it is larger than its mmap threshold, and
 that threshold grows (up to 32 MiB) each time a larger mmap-served block is freed. Training an
@@ -9,16 +9,22 @@ encoder frees and reallocates activations of a different size at every length-gr
 so after a few long batches every activation comes from the heap, and the heap keeps the
 freed space in pieces: memory counted in RSS that no tensor uses.
 
-With the threshold fixed at 1 MiB, activations come from mmap and go back to the system when
-freed. Measured on full fine-tuning of MiniLM, 2,000 CoNLL-2003 sentences, batch 32, one
-epoch, 2 CPUs, 3 runs each: peak RSS 1,587 MB instead of 1,854 MB (-14%), at the price of
-11% more time per training step (44.4 s vs 39.8 s in all; the page faults of fresh mappings).
-At 2 MiB the peak was 1,727 MB; at 4 MiB, 1,795 MB.
+With the threshold fixed at N MiB, activations above N come from mmap and go back to the system
+when freed. Measured at 1 MiB on full fine-tuning of MiniLM, 2,000 CoNLL-2003 sentences, batch 32,
+one epoch, 2 CPUs, three rounds (benchmarks/mmap_later_jobs.py): peak RSS about 1,746 MiB instead
+of 2,000 (-13%), fit 51.4 s instead of 46.2 s (+11%; the page faults of fresh mappings). Earlier,
+2 MiB gave 1,727 MB and 4 MiB 1,795 MB (against 1,854 MB).
+
+``mallopt`` turns the dynamic threshold off for the rest of the process, and glibc has no call
+that turns it back on. So when fitting ends the threshold is set to 32 MiB, the most the dynamic
+one reaches, and whatever the process runs next (the test, later jobs of a sweep) runs with that
+fixed threshold: in the same measurement a head-only job after it took 35.7 s instead of 33.1 s
+(+8%, the rounds' ranges overlapping), with a lower process peak. That is why the default is
+``null``: nothing is set, and every job gets glibc's own behaviour.
 
 Only while an encoder trains on the CPU: with ``freeze=last`` nothing big is kept for a
-backward pass, and GPU activations are not host memory. When fitting ends the threshold is
-set to 32 MiB, the most the dynamic threshold would have reached. Linux with glibc only;
-elsewhere this does nothing.
+backward pass, and GPU activations are not host memory. Linux with glibc only; elsewhere
+this does nothing.
 """
 
 from __future__ import annotations

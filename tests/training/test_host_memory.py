@@ -64,3 +64,13 @@ def test_bad_threshold_is_a_config_error(value):
     cfg = compose([f"trainer.host_mmap_threshold_mib={value}"])
     with pytest.raises(ConfigError, match="trainer.host_mmap_threshold_mib"):
         validate(cfg)
+
+
+def test_by_default_glibc_keeps_its_own_threshold_for_every_job():
+    """The default sets nothing, so no job of a sweep process inherits a fixed threshold from an earlier one
+    (benchmarks/results/2026-12-02-mmap-later-jobs.md); a number is the opt-in."""
+    for freeze in ("unfreeze", "last"):
+        trainer = make_trainer(compose(["model=tiny-bert", f"freeze={freeze}"]))
+        assert not [c for c in trainer.callbacks if isinstance(c, MmapThreshold)], freeze
+    trainer = make_trainer(compose(["model=tiny-bert", "freeze=unfreeze", "trainer.host_mmap_threshold_mib=1"]))
+    assert [c.nbytes for c in trainer.callbacks if isinstance(c, MmapThreshold)] == [1 << 20]
