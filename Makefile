@@ -2,7 +2,9 @@
 #   make demo    the offline demo study: real CoNLL-2003, real MiniLM weights, MLflow sqlite, report
 #   make demo-2x the demo with every max_epochs budget doubled (is any verdict the budget's?)
 #   make strategies  the strategies study: MiniLM x every fine-tuning strategy x 3 seeds (hours; resumable)
-#   make test    the test suite (what CI runs)
+#   make test    the test suite
+#   make test-extended  the tests outside make test, which .ci/run runs after it: the real SLURM cluster,
+#                PostgreSQL, Ray, and the slowest end-to-end paths (each covered in make test by a faster test)
 #   make ui      the MLflow UI on http://127.0.0.1:5000 over ./mlruns.db; prints the URL of each study's runs table
 #   make server  an MLflow server for many writers (SLURM, Ray, joblib) on http://$(HOST):$(PORT), PostgreSQL-backed
 #                where PostgreSQL is installed (else sqlite), everything in $(SERVER_DIR)/ (seqexp/server.py)
@@ -27,7 +29,7 @@ demo demo-2x strategies run report ui screenshots: export MLFLOW_TRACKING_URI = 
 
 EXP ?= demo
 
-.PHONY: install test demo demo-2x strategies run report ui screenshots server bench clean
+.PHONY: install test test-extended demo demo-2x strategies run report ui screenshots server bench clean
 
 install: .venv/.installed
 
@@ -39,6 +41,9 @@ install: .venv/.installed
 
 test: install
 	$(PY) -m pytest --durations=25
+
+test-extended: install
+	$(PY) -m pytest -m extended --durations=25
 
 # experiments/demo.yaml: MiniLM x {head only (its LR tuned on dev), full fine-tuning} x {Adam, SGD} x 3 seeds.
 # A rerun skips the jobs that already finished. make demo-2x: the same protocol with every max_epochs (conf/freeze)

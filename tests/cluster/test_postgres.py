@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.cluster.test_slurm import seqexp, wait_lifting_requeue_holds
@@ -24,6 +25,9 @@ BASE = ["model=tiny-bert", "freeze=last", "trainer.num_threads=1", "trainer.max_
 ARTIFACTS = {"config.yaml", "test_report.txt", "test_metrics.json", PREDICTIONS}
 
 
+# Outside make test (.ci/run runs it); make test: test_concurrency (4 writers at once), test_tracking_http (a server
+# over HTTP)
+@pytest.mark.extended
 def test_eight_concurrent_jobs_from_joblib_and_slurm_lose_nothing(tmp_path, mini_conll, slurm, postgres_mlflow):
     url = postgres_mlflow
     args = [*BASE, f"dataset.data_dir={mini_conll}", f"tracking.uri={url}",

@@ -60,6 +60,9 @@ def ray_head():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+# Outside make test (.ci/run runs it); make test: the sweep callback under other launchers (joblib:
+# test_concurrency; submitit_local: test_slurm)
+@pytest.mark.extended
 def test_ray_sweep_finishes_every_run_once_with_local_metrics(tmp_path, mini_conll, ray_head):
     args = [*BASE, f"dataset.data_dir={mini_conll}", *GRID]
     local = seqexp(tmp_path / "local", *args)

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO
@@ -109,6 +110,9 @@ def wait_lifting_requeue_holds(slurm, proc: subprocess.Popen, timeout: float) ->
     return proc.wait(timeout=max(1.0, deadline - time.time()))
 
 
+# Outside make test (.ci/run runs it); make test: submitit_local below (the submitit launcher and the sweep
+# callback), test_resume (killed, resumed in its MLflow run)
+@pytest.mark.extended
 def test_slurm_sweep_with_requeued_jobs_finishes_every_run_once_with_local_metrics(tmp_path, mini_conll, slurm):
     args = [*BASE, f"dataset.data_dir={mini_conll}", *GRID]
     local = seqexp(tmp_path / "local", *args)  # the reference: Hydra's basic launcher, its own store

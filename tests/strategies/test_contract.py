@@ -147,6 +147,9 @@ def test_strategy_contract(strategy, model, mini_conll, tmp_path):
         assert torch.equal(end[name], state[name]), f"{strategy}: {name} differs after resume"
 
 
+# Outside make test (.ci/run runs it); make test: test_strategy_contract on the tiny encoders of the same families;
+# the hub path: test_hub_cache
+@pytest.mark.extended
 def test_contract_through_the_hub_path(hub_cache):
     """The same contract for ``model=bert,roberta,albert``, loaded offline from a Hugging Face hub cache
     (tokenizers, RoBERTa's add_prefix_space, ALBERT's shared layers: the code a user with hub access runs).

@@ -209,6 +209,8 @@ def test_head_only_ddp_run_logs_once_predicts_each_word_once_and_matches_one_pro
         assert losses[0][epoch] == pytest.approx(losses[1][epoch], rel=0.03), epoch
 
 
+# Outside make test (.ci/run runs it); make test: the DDP head-only run above; resume: test_resume
+@pytest.mark.extended
 def test_ddp_run_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, mini_conll):
     """Full fine-tuning (dropout on) SIGKILLed after a mid-epoch checkpoint; the same command resumes it.
     Every rank continues its own random stream and its own share of the epoch's batches, so the run ends
