@@ -103,6 +103,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def save_results(name: str, meta: dict) -> tuple[Path, dict]:
+    """``benchmarks/results/<date>-<name>.json``: ``meta`` with the command line that made it first. Returns the
+    path without its suffix (for the .md and plots beside it) and the saved dict."""
+    out = REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-{name}"
+    meta = {"command": " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]), **meta}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out, meta
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -79,7 +79,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.data, args.train)))
         return
-    from bench import quiet_check
+    from bench import quiet_check, save_results
 
     others = quiet_check()
     rows = []
@@ -90,11 +90,9 @@ def main() -> None:
             raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
+    out, meta = save_results("mmap-later-jobs", {"train_sentences": args.train, "others_cpu_share_before": others,
+                                                 "rows": rows})
     day = dt.date.today().isoformat()
-    out = REPO / "benchmarks" / "results" / f"{day}-mmap-later-jobs"
-    meta = {"command": " ".join(["benchmarks/mmap_later_jobs.py", *sys.argv[1:]]), "train_sentences": args.train,
-            "others_cpu_share_before": others, "rows": rows}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     lines = [f"# The mmap threshold and the jobs after it ({day}; `{meta['command']}`)", "",
              f"One process per row, jobs one after another as in a sweep process. A: MiniLM full fine-tuning, "
              f"{args.train} CoNLL-2003 sentences, 1 epoch, then its test. B: head-only MiniLM after it, its "

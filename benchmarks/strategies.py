@@ -80,7 +80,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.data, args.train, args.cache)))
         return
-    from bench import quiet_check
+    from bench import quiet_check, save_results
 
     names = sorted(p.stem for p in (REPO / "conf" / "freeze").glob("*.yaml"))
     if args.only:
@@ -98,11 +98,9 @@ def main() -> None:
     for r in rows:
         r["epoch_ratio"] = [s / ref["epoch_s"][0] for s in r["epoch_s"]]
         r["rss_ratio"] = r["peak_rss_mib"] / ref["peak_rss_mib"]
+    out, meta = save_results("strategies", {"train_sentences": args.train, "others_cpu_share_before": others,
+                                            "rows": rows})
     day = dt.date.today().isoformat()
-    out = REPO / "benchmarks" / "results" / f"{day}-strategies"
-    meta = {"command": " ".join(["benchmarks/strategies.py", *sys.argv[1:]]), "train_sentences": args.train,
-            "others_cpu_share_before": others, "rows": rows}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     lines = [f"# Strategy costs ({day}; `{meta['command']}`)", "",
              f"MiniLM, {args.train} CoNLL-2003 sentences, batch 32, Adam; ratios to `unfreeze`'s epoch and peak RSS "
              f"in the same run. Other processes used {100 * others:.0f}% of the CPUs just before.", "",
