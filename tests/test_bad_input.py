@@ -24,6 +24,7 @@ import pytest
 from seqeval.metrics import recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
+from tests import warm
 from tests.conftest import REPO, compose
 from tests.test_run_e2e import artifact_text, only_run
 from tests.test_tracking_http import free_port
@@ -129,6 +130,7 @@ def test_config_errors_stop_before_any_model_loads(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "SEQEXP_CACHE": str(cache)}
+    # cold, not tests/warm.py: what the driver imported is read off sys.modules
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -266,7 +268,7 @@ def disk_full_run(tmp_path: Path, disk: Path, *extra: str, multirun: bool = Fals
             f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", *dataset_overrides(data), *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "seqexp.run", *(["-m"] if multirun else []), *argv]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return warm.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_disk_full_while_checkpointing_is_one_line_and_exit_2(tmp_path: Path, small_tmpfs) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO, compose
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -54,7 +55,7 @@ def test_a_fresh_heartbeat_from_another_host_holds_the_claim(tmp_path, mini_conl
 def test_stale_claims_are_marked_killed_and_taken_over(tmp_path, mini_conll):
     from seqexp.sweep import LEASE_S
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = warm.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for case, (tags, why) in enumerate((({"seqexp.host": socket.gethostname(), "seqexp.pid": str(dead.pid)},
                        f"process {dead.pid} died while the run was RUNNING"),
@@ -85,7 +86,7 @@ def test_two_identical_unfreeze_runs_at_once_train_once_and_never_share_the_chec
     procs = []
     for i in (1, 2):
         log = open(tmp_path / f"run{i}.log", "w")  # noqa: SIM115 -- closed with the process
-        procs.append(subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(warm.Popen(args, cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT))
     for proc in procs:
         assert proc.wait(timeout=600) == 0, [(tmp_path / f"run{i}.log").read_text()[-3000:] for i in (1, 2)]
     logs = [(tmp_path / f"run{i}.log").read_text() for i in (1, 2)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO, compose
 from tests.test_sweep import runs, sweep
 
@@ -86,7 +87,7 @@ def test_signal_during_training_leaves_the_run_killed_with_its_metrics(work, min
     args = ["-m", "seed=1,2"] if multirun else []
     cmd = [sys.executable, "-m", "seqexp.run", *args, "freeze=last", "trainer.max_epochs=100000",
            f"dataset.data_dir={mini_conll}", *FAST]
-    proc = subprocess.Popen(cmd, cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)},
+    proc = warm.Popen(cmd, cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         running = wait_for_epoch_metric(work / "mlruns.db", proc)
@@ -118,7 +119,7 @@ def test_sigkill_mid_run_leaves_it_running_until_the_next_run_of_that_job(work, 
 
     overrides = ["fault.kind=kill", "fault.step=2", "freeze=last", "trainer.max_epochs=1",
                  f"dataset.data_dir={mini_conll}", *FAST]
-    proc = subprocess.run([sys.executable, "-m", "seqexp.run", *overrides], cwd=work,
+    proc = warm.run([sys.executable, "-m", "seqexp.run", *overrides], cwd=work,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
     uri = f"sqlite:///{work / 'mlruns.db'}"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import HUB_STAND_INS, REPO
 
 GRID = ["model=bert,roberta,albert", "freeze=last,unfreeze", "optim=adam,sgd"]
@@ -34,7 +35,7 @@ def test_the_users_grid_on_hub_ids_runs_from_the_cache(tmp_path: Path, hub_cache
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     command = [sys.executable, "-m", "seqexp.run", "-m", *GRID,
                f"dataset.data_dir={mini_conll}", f"tracking.uri={uri}", *SMALL]
-    proc = subprocess.run(command, cwd=tmp_path, env=env(hub_cache), capture_output=True, text=True, timeout=600)
+    proc = warm.run(command, cwd=tmp_path, env=env(hub_cache), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "12 finished, 0 skipped, 0 failed" in proc.stdout
     assert "bert|last|adam|s1" in proc.stdout and "albert|unfreeze|sgd|s1" in proc.stdout  # the summary's run names
@@ -81,7 +82,7 @@ print(json.dumps(out))
 def test_hub_ids_load_with_their_tokenizer_families_as_a_user_gets_them(tmp_path: Path, hub_cache):
     """What the grid's runs trained on: each word's first subword carries its family's word-start mark
     (RoBERTa's files say add_prefix_space=false, as roberta-base's do), and ALBERT shares one layer group."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], cwd=REPO, env=env(hub_cache),
+    proc = warm.run([sys.executable, "-c", PROBE, str(tmp_path)], cwd=REPO, env=env(hub_cache),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])

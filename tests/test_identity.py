@@ -22,6 +22,7 @@ from seqexp.report.collect import RunRecord
 from seqexp.report.sections import _hyper
 from seqexp.sweep import fingerprint, job_tags
 from seqexp.tracking import flatten, run_name
+from tests import warm
 from tests.conftest import CONF, REPO, compose
 
 
@@ -131,7 +132,7 @@ def test_runs_differing_only_in_eval_batch_size_are_one_configuration(tmp_path: 
 
     def run(*extra: str, sweep: bool = False) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "seqexp.run", *(["-m"] if sweep else []), *base, *extra]
-        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        proc = warm.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc

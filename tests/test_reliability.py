@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -34,7 +35,7 @@ SPLIT_SIZES = {"train_sentences", "dev_sentences", "test_sentences"}  # params: 
 
 def launch(work: Path, tag: str, *overrides: str) -> subprocess.Popen:
     out = open(work / f"{tag}.log", "w")  # noqa: SIM115 -- closed with the process
-    return subprocess.Popen([sys.executable, "-m", "seqexp.run", "-m", *overrides], cwd=work, env=ENV,
+    return warm.Popen([sys.executable, "-m", "seqexp.run", "-m", *overrides], cwd=work, env=ENV,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -99,7 +100,7 @@ def check_store(work: Path, experiment: str, epochs: int, killed_ok: bool = Fals
 
 def report_counts(work: Path, target: str) -> tuple[int, int, str]:
     """(finished runs, cells, seeds each) as ``python -m seqexp.report`` states them."""
-    proc = subprocess.run([sys.executable, "-m", "seqexp.report", target, "--uri", f"sqlite:///{work / 'mlruns.db'}",
+    proc = warm.run([sys.executable, "-m", "seqexp.report", target, "--uri", f"sqlite:///{work / 'mlruns.db'}",
                            "--out", str(work / "report" / target), "--bootstrap", "0"],
                           cwd=work, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO, compose
 
 # Full fine-tuning of tiny-bert (dropout 0.1 on) with small batches: ~38 steps an epoch on mini_conll.
@@ -27,12 +28,12 @@ def env() -> dict[str, str]:
 def start(cwd: Path, *args: str) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
     log = open(cwd / "first.log", "w")  # noqa: SIM115 -- closed with the process
-    return subprocess.Popen([sys.executable, "-m", "seqexp.run", *args], cwd=cwd, env=env(),
+    return warm.Popen([sys.executable, "-m", "seqexp.run", *args], cwd=cwd, env=env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def finish(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqexp.run", *args], cwd=cwd, env=env(),
+    return warm.run([sys.executable, "-m", "seqexp.run", *args], cwd=cwd, env=env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -120,7 +121,7 @@ def test_resume_false_starts_a_new_run(tmp_path, mini_conll):
     cfg = compose([*BASE, f"dataset.data_dir={mini_conll}", "trainer.max_epochs=1", "trainer.batch_size=16",
                    f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "resume=false"])
     fp = fingerprint(cfg)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+    dead = warm.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     old = RunTracker(cfg.tracking.uri, "seqexp")
     old.start(cfg, "tiny-bert|unfreeze|adamw|s1", {"model": "tiny-bert"},

@@ -11,17 +11,19 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO, shared_corpus
 
 TEST_WORDS = 46_435  # eng.testb tokens (../shared/data/README.md)
 TEST_SENTENCES = 3_453
 
 
-def seqexp_run(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def seqexp_run(tmp_path: Path, *overrides: str, check: bool = True, cold: bool = False) -> subprocess.CompletedProcess:
+    """The CLI in a child process: forked from a warm interpreter (tests/warm.py), or started cold."""
     cmd = [sys.executable, "-m", "seqexp.run", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.time()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = (subprocess if cold else warm).run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     proc.wall = (started, time.time())
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -96,9 +98,10 @@ def common(tmp_path: Path, data: Path, train: int = 200) -> list[str]:
 
 
 def test_tiny_bert_run_lands_in_mlflow(tmp_path):
+    """Started cold, exactly as a user starts it: its startup_s counts the imports."""
     data = shared_corpus("conll2003")
     proc = seqexp_run(tmp_path, "model=tiny-bert", "freeze=unfreeze", "optim=adam", "trainer.max_epochs=2",
-                      *common(tmp_path, data))
+                      *common(tmp_path, data), cold=True)
     client, run = only_run(tmp_path)
     assert_complete_run(client, run, model="tiny-bert", head="linear", freeze="unfreeze", optim="adam", epochs=2,
                         wall=proc.wall)

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from seqexp.identity import FINGERPRINT_VERSION
+from tests import warm
 from tests.conftest import REPO
 
 TINY = ["trainer.max_epochs=1", "trainer.batch_size=16"]
@@ -18,7 +19,7 @@ TINY = ["trainer.max_epochs=1", "trainer.batch_size=16"]
 
 def sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "seqexp.run", "-m", *overrides], cwd=cwd, env=env,
+    return warm.run([sys.executable, "-m", "seqexp.run", "-m", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -100,7 +101,7 @@ def test_run_left_running_by_a_dead_process_is_marked_killed_and_redone(tmp_path
 
     overrides = ["model=tiny-bert", f"dataset.data_dir={mini_conll}", *TINY]
     cfg = compose(overrides)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+    dead = warm.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     import socket
 
@@ -123,7 +124,7 @@ def check_report_of_real_sweep(cwd: Path, sweep_id: str, children) -> None:
     from seqexp.report import collect_report
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "seqexp.report", sweep_id, "--bootstrap", "200"],
+    proc = warm.run([sys.executable, "-m", "seqexp.report", sweep_id, "--bootstrap", "200"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = cwd / "reports" / sweep_id

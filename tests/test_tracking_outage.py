@@ -22,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from tests import warm
 from tests.conftest import REPO, compose, tiny_overrides
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -65,7 +66,7 @@ class Server:
 
     def start(self, wait: bool = True) -> None:
         log = open(self.store / "server.log", "ab")
-        self.proc = subprocess.Popen(
+        self.proc = warm.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
              "--artifacts-destination", str(self.store / "artifacts"), "--workers", "1"],
@@ -110,7 +111,7 @@ def start_run(work: Path, mini_conll: Path, url: str, epochs: int, *extra: str) 
     cmd = [sys.executable, "-m", "seqexp.run", "model=tiny-bert", f"dataset.data_dir={mini_conll}",
            f"trainer.max_epochs={epochs}", "trainer.early_stopping=false", "trainer.num_threads=1", f"tracking.uri={url}",
            f"tracking.experiment={work.parent.name}", *extra]
-    return subprocess.Popen(cmd, cwd=work, env=ENV, stdout=open(work / "stdout.txt", "w"),
+    return warm.Popen(cmd, cwd=work, env=ENV, stdout=open(work / "stdout.txt", "w"),
                             stderr=open(work / "stderr.txt", "w"))
 
 
@@ -203,13 +204,13 @@ def test_server_never_back_writes_saved_then_replayed(tmp_path, mini_conll, serv
 
     replay = [sys.executable, "-m", "seqexp.tracking", "replay", str(saved)]
     # Still down: a clear error, and the file keeps every write.
-    down = subprocess.run(replay, cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
+    down = warm.run(replay, cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
     assert down.returncode == 1 and "unreachable" in down.stderr and "Traceback" not in down.stderr
     assert json.loads(saved.read_text())["writes"] == data["writes"]
 
     server.start()  # same port, same backend
     assert MlflowClient(server.url).get_run(run_id).info.status == "RUNNING"
-    up = subprocess.run(replay, cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
+    up = warm.run(replay, cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr[-3000:]
     assert f"delivered {count} writes" in up.stdout
     assert not saved.exists() and saved.with_name(saved.name + ".delivered").exists()
@@ -315,6 +316,7 @@ def test_outage_wait_is_validated_and_an_unreachable_uri_stops_before_torch(tmp_
         "try:\n    validate(cfg)\nexcept Exception as exc:\n    print(exc)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))\n"
     )
+    # cold, not tests/warm.py: what the driver imported is read off sys.modules
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=120)
     message, heavy = proc.stdout.strip().splitlines()[-2:]
@@ -359,7 +361,7 @@ def test_rerun_after_the_server_stayed_down_delivers_the_saved_writes_first(tmp_
     assert not checkpoints[0].exists()
 
     # A later replay of the same writes adds nothing.
-    again = subprocess.run([sys.executable, "-m", "seqexp.tracking", "replay", str(saved.with_name(saved.name + ".delivered"))],
+    again = warm.run([sys.executable, "-m", "seqexp.tracking", "replay", str(saved.with_name(saved.name + ".delivered"))],
                            cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_complete(server.url, run_id, epochs)

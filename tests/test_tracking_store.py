@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests import warm
 from tests.conftest import REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -37,7 +38,7 @@ def test_concurrent_processes_create_one_usable_fresh_sqlite_store(tmp_path):
     db.parent.mkdir()
     uri = f"sqlite:///{db}"
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, str(go), uri], cwd=tmp_path, env=ENV,
+    procs = [warm.Popen([sys.executable, "-c", OPEN_STORE, str(go), uri], cwd=tmp_path, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     time.sleep(8)  # all of them past their imports, polling for the go file
     go.touch()
@@ -71,6 +72,7 @@ def test_missing_db_driver_and_missing_sqlite_folder_are_one_line_before_torch(t
     missing = tmp_path / "nonexistent" / "dir"
     uris = ["postgresql://u@127.0.0.1/db", "postgresql+psycopg2://u@127.0.0.1/db", "mysql+pymysql://u@127.0.0.1/db",
             "mssql://u@127.0.0.1/db", f"sqlite:///{missing}/x.db", f"sqlite:///{tmp_path}/x.db", "sqlite:///sub/x.db"]
+    # cold, not tests/warm.py: what the driver imported is read off sys.modules
     proc = subprocess.run([sys.executable, "-c", CHECK_URIS, str(mini_conll), *uris], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=120)
     lines = proc.stdout.strip().splitlines()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO, compose
 
 
@@ -41,7 +42,7 @@ def test_params_hold_no_none_no_plumbing_and_no_duplicate_of_an_axis():
 def test_sweep_progress_parent_summary_and_system_metrics(tmp_path, mini_conll):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}  # jobs of a few seconds
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "-m", "seqexp.run", "-m", "model=tiny-bert", "freeze=last,unfreeze", "seed=1",
          f"dataset.data_dir={mini_conll}", "trainer.max_epochs=1", "trainer.batch_size=16",
          "trainer.num_threads=1", "trainer.log_every_n_steps=2", "tracking.system_metrics_after_s=0",
@@ -86,7 +87,7 @@ def test_sweep_progress_parent_summary_and_system_metrics(tmp_path, mini_conll):
     assert parallel["selectedParams"] == ["model", "freeze", "optim"]
     assert "metrics.`test_f1`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
 
-    ui = subprocess.run([sys.executable, "-m", "seqexp.ui", "--uri", f"sqlite:///{tmp_path / 'mlruns.db'}",
+    ui = warm.run([sys.executable, "-m", "seqexp.ui", "--uri", f"sqlite:///{tmp_path / 'mlruns.db'}",
                          "--port", "5123", "--print-only"], env=env, capture_output=True, text=True, timeout=120)
     assert ui.returncode == 0, ui.stderr
     assert f"runs table:  open http://127.0.0.1:5123/#/experiments/{exp.experiment_id}?workflowType=machine_learning" \

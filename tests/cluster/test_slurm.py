@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests import warm
 from tests.conftest import REPO
 from tests.test_resume import checkpoint_state, per_epoch
 
@@ -41,9 +42,9 @@ SLURM = ["hydra/launcher=slurm_cpu", "hydra.launcher.partition=test", "hydra.lau
 def seqexp(cwd: Path, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
     log = open(cwd / "sweep.log", "w")  # noqa: SIM115 -- closed with the process
-    return subprocess.Popen([sys.executable, "-m", "seqexp.run", "-m", *args], cwd=cwd,
-                            env={**(env or os.environ), "PYTHONPATH": str(REPO)}, stdout=log,
-                            stderr=subprocess.STDOUT, **kw)
+    return warm.Popen([sys.executable, "-m", "seqexp.run", "-m", *args], cwd=cwd,
+                      env={**(env or os.environ), "PYTHONPATH": str(REPO)}, stdout=log,
+                      stderr=subprocess.STDOUT, **kw)
 
 
 def jobs_of(store: Path) -> tuple[MlflowClient, list, list]:

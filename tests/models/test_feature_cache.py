@@ -19,6 +19,7 @@ from seqexp.models.feature_cache import (
     recompute_window,
 )
 from seqexp.pipeline import build
+from tests import warm
 from tests.conftest import REPO, compose
 from tests.tmpfs import small_tmpfs  # noqa: F401  (a fixture)
 
@@ -130,7 +131,7 @@ def test_two_processes_share_one_cache(mini_conll, tmp_path):
         cached_features(enc, built.datamodule.windows["train"], "first", {str(store)!r}, encoder_fingerprint(enc))
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    procs = [warm.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)

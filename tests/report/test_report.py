@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from seqexp.metrics import evaluate
 from seqexp.report import build_report, collect_report
 from seqexp.report.__main__ import main
+from tests import warm
 from tests.conftest import REPO, shared_corpus
 from tests.report.test_significance import corrupt, read_tags
 
@@ -256,7 +257,7 @@ def test_experiment_target_takes_all_finished_runs(store, tmp_path):
 
 def test_cli_writes_the_report(store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "seqexp.report", SWEEP, "--uri", store["uri"], "--bootstrap", "200"],
+    proc = warm.run([sys.executable, "-m", "seqexp.report", SWEEP, "--uri", store["uri"], "--bootstrap", "200"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "reports" / SWEEP  # the default --out

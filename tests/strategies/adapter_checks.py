@@ -65,6 +65,7 @@ print(json.dumps(out))
 
 def config_errors(cases: list[list[str]]) -> tuple[list[str | None], list[str]]:
     """(each case's ConfigError message or None, heavy modules imported): one interpreter, no training."""
+    # cold, not tests/warm.py: what the driver imported is read off sys.modules
     proc = subprocess.run([sys.executable, "-c", CHECK_DRIVER, json.dumps(cases)], cwd=REPO, capture_output=True,
                           text=True, timeout=120, check=True)
     records = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -9,6 +9,7 @@ import sys
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from tests import warm
 from tests.conftest import CONF, REPO
 from tests.strategies.test_contract import STRATEGIES
 
@@ -25,7 +26,7 @@ def test_every_strategy_runs_from_the_cli_and_logs_its_parameters(mini_conll, tm
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for sweep in ([f"freeze={','.join(others)}"], ["freeze=lp_ft", "freeze.probe_epochs=1"]):
         cmd = [sys.executable, "-m", "seqexp.run", "-m", *sweep, *common]
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        proc = warm.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])

@@ -27,6 +27,7 @@ import torch
 
 from seqexp.pipeline import build, make_trainer
 from seqexp.training.checkpoints import LastCheckpoint
+from tests import warm
 from tests.conftest import CONF, compose
 
 STRATEGIES = sorted(p.stem for p in (CONF / "freeze").glob("*.yaml"))
@@ -157,7 +158,7 @@ def test_contract_through_the_hub_path(hub_cache):
     if os.environ.get("SEQEXP_CONTRACT_MODELS"):
         pytest.skip("already running over the hub ids")
     env = {**os.environ, **hub_cache, "SEQEXP_CONTRACT_MODELS": "bert,roberta,albert"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+    proc = warm.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
                            "-k", "test_strategy_contract"], env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert f"{len(STRATEGIES) * 3} passed" in proc.stdout, proc.stdout[-2000:]
