@@ -66,13 +66,19 @@ def interrupt_mid_epoch(slurm, store: Path, sweep: subprocess.Popen, actions, ti
     """Interrupt one full fine-tuning job per action, just after its first mid-epoch checkpoint.
 
     The job's process is stopped (SIGSTOP) while the action is sent, so it cannot finish in between, then
-    continued. Returns {fingerprint: (action name, SLURM job id, checkpoint state)}.
+    continued. SLURM signals it asynchronously (SIGCONT first), so it may write more checkpoints before it ends:
+    the state returned is the checkpoint on disk once the process is gone, the one its requeued job must resume
+    from. Returns {fingerprint: (action name, SLURM job id, checkpoint state)}.
     """
     from seqexp import tracking
 
     client = None  # opened once a checkpoint exists, under seqexp's store lock: never beside the sweep's migration
-    done, seen, deadline = {}, set(), time.time() + timeout
+    done, seen, leaving, deadline = {}, set(), {}, time.time() + timeout
     while len(done) < len(actions) and time.time() < deadline:
+        for fp, (pid, ckpt, name, job) in list(leaving.items()):
+            if not Path(f"/proc/{pid}").exists():  # ended: its requeued job has not started training yet
+                done[fp] = (name, job, checkpoint_state(ckpt))
+                del leaving[fp]
         for ckpt in (store / "checkpoints").glob("*/last.ckpt"):
             fp = ckpt.parent.name
             state = checkpoint_state(ckpt) if fp not in seen else None
@@ -85,12 +91,13 @@ def interrupt_mid_epoch(slurm, store: Path, sweep: subprocess.Popen, actions, ti
                 continue
             pid = int(run.data.tags["seqexp.pid"])
             os.kill(pid, signal.SIGSTOP)
-            state = checkpoint_state(ckpt)  # the last one written before the stop
             job = slurm_job_id(pid)
-            name, action = actions[len(done)]
+            name, action = actions[len(done) + len(leaving)]
             action(job)
             os.kill(pid, signal.SIGCONT)
-            done[fp] = (name, job, state)
+            leaving[fp] = (pid, ckpt, name, job)
+            if len(done) + len(leaving) == len(actions):
+                break
         if sweep.poll() is not None:
             break
         time.sleep(0.02)
