@@ -186,6 +186,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 1
     raise ServerError(f"mlflow server did not answer on {url} within {timeout:.0f} s; see {log}")
 
 
+def mlflow_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for an ``mlflow server``/``mlflow ui`` that seqexp starts: ``env`` (default: this
+    process's) with MLflow's job execution off unless the user set ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``.
+    Those jobs serve MLflow's GenAI features (scorers, prompt optimisation), which no seqexp run uses, and
+    with them on each server start also starts a pool of huey worker processes, each importing MLflow."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
 def mlflow_server(folder: Path, backend_uri: str, port: int | None = None, host: str = "127.0.0.1",
                   workers: int = 2, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` on ``backend_uri`` with the artifact root ``<folder>/artifacts``; wait until
@@ -202,7 +212,7 @@ def mlflow_server(folder: Path, backend_uri: str, port: int | None = None, host:
            # in 120 s, a worker "died" after 90 s).
            "--uvicorn-opts", f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}"]
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT, env=mlflow_env(env),
                                 start_new_session=True)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     try:

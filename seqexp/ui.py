@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from seqexp import tracking
-from seqexp.server import free_port, wait_healthy
+from seqexp.server import free_port, mlflow_env, wait_healthy
 
 # Headless Chromium as root in a sandbox without a network (the browser tests, experiments/screenshots.py):
 # no sandboxing, and none of Chromium's own connections.
@@ -48,7 +48,7 @@ def serve(uri: str, log: Path, experiment: str | None = None, env: Mapping[str, 
           port: int | None = None, timeout_s: float = 180) -> Iterator[dict[str, str]]:
     """``python -m seqexp.ui`` on ``port`` (default: a free one) of 127.0.0.1, in its own process group
     (stopped on exit), once it answers. Yields ``base`` and the first experiment's ``runs table`` and
-    ``comparison`` URLs."""
+    ``comparison`` URLs, and ``pgid``, the UI's process group."""
     port = port or free_port()
     with open(log, "w") as out:
         ui = subprocess.Popen([sys.executable, "-m", "seqexp.ui", "--uri", uri, "--port", str(port),
@@ -58,7 +58,7 @@ def serve(uri: str, log: Path, experiment: str | None = None, env: Mapping[str, 
         try:
             base = f"http://127.0.0.1:{port}"
             wait_healthy(base, ui, log, timeout_s)
-            urls = {"base": base}
+            urls = {"base": base, "pgid": str(ui.pid)}
             for key in ("runs table", "comparison"):
                 found = re.search(rf"{key}:\s+open (\S+)", log.read_text())
                 if found is not None:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port),
            "--workers", str(args.workers)]
-    os.execv(sys.executable, cmd)
+    os.execve(sys.executable, cmd, mlflow_env())
     return 0  # not reached
 
 

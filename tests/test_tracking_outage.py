@@ -22,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from seqexp.server import mlflow_env
 from tests import warm
 from tests.conftest import REPO, compose, tiny_overrides
 
@@ -71,7 +72,7 @@ class Server:
              "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
              "--artifacts-destination", str(self.store / "artifacts"), "--workers", "1"],
             cwd=self.store, stdout=log, stderr=log, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env=mlflow_env(),
         )
         log.close()
         if wait:

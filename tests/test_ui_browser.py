@@ -66,7 +66,7 @@ def study(tmp_path_factory, mini_conll):
     with serve(uri, cwd / "ui.log", env={**os.environ, "PYTHONPATH": str(REPO)}, port=port) as urls:
         yield {"cwd": cwd, "base": base, "landing": urls["runs table"], "compare": urls["comparison"],
                "parent": parent, "children": children, "experiment_id": exp.experiment_id,
-               "report": cwd / "report" / "report.html"}
+               "report": cwd / "report" / "report.html", "pgid": int(urls["pgid"])}
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,19 @@ def test_report_images_load_and_every_run_link_opens_its_run(study, page):
         page.goto(link)
         page.get_by_text(run_id).first.wait_for()  # the run's own page ("Run ID"), not "run not found"
         assert page.get_by_text("Overview").first.is_visible()
+
+
+def test_the_ui_starts_no_mlflow_job_workers(study):
+    """MLflow's job execution (GenAI scorers, prompt optimisation; a pool of huey processes, each importing
+    MLflow) is off in the UI seqexp starts (seqexp.server.mlflow_env): nothing in its process group runs huey."""
+    group = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(fields[2]) == study["pgid"]:
+            group.append(cmdline)
+    assert any("mlflow" in c for c in group), group  # the UI's own processes are seen
+    assert not [c for c in group if "huey" in c], group

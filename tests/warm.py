@@ -148,13 +148,11 @@ def _child(request: dict, fds: list[int], base_path: list[str]) -> None:
             else:
                 print(exit_.code, file=sys.stderr)
                 code = 1
-        except KeyboardInterrupt:
-            traceback.print_exc()
-            code = -signal.SIGINT
-        except BaseException:
-            kind_, value, tb = sys.exc_info()
-            sys.excepthook(kind_, value.with_traceback(tb.tb_next), tb.tb_next)  # from the user's code on, as python
-            code = 1
+        except BaseException as exc:  # printed from the user's code on, as python does
+            user_tb = exc.__traceback__.tb_next
+            sys.excepthook(type(exc), exc.with_traceback(user_tb), user_tb)
+            # an uncaught KeyboardInterrupt: python dies by SIGINT
+            code = -signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
         # The interpreter's own exit steps: join non-daemon threads, atexit callbacks, flush.
         threading._shutdown()
         child_atexit._run_exitfuncs()
