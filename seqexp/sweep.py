@@ -360,7 +360,7 @@ class SweepCallback(Callback):
         check_tuned(config)
         uri = tracking.resolve_uri(config.tracking.uri)
         tracking.check_reachable(uri)
-        client = tracking.client(uri)  # creates and migrates a fresh sqlite DB, once
+        client = tracking.client(uri, cache_dir=config.cache_dir)  # creates a fresh sqlite DB, once
         exp_id = tracking.experiment_id(client, config.tracking.experiment, uri)
         sweep_id = _sweep_id(config)
         with tracking.store_lock(uri):  # identical sweeps started together share one parent run
