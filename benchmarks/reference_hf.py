@@ -68,6 +68,20 @@ def tokenize(sentences, tokenizer, label2id: dict[str, int], max_length: int = 5
     return features, word_ids
 
 
+def speed_settings(workers: int) -> dict:
+    """HF's own speed settings, as ``TrainingArguments``: length-grouped batches (less padding; the option is
+    ``train_sampling_strategy`` in transformers 5, ``group_by_length`` in 4.x), the fused AdamW kernel, and
+    ``workers`` data-loading processes (bench.py measures which count is best here)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    grouped = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
+               else {"group_by_length": True})
+    return {**grouped, "optim": "adamw_torch_fused", "dataloader_num_workers": workers}
+
+
 class CountingCollator:
     """Wraps the collator; while ``active``, counts real (attention-mask) tokens and sum(len^2)."""
 
@@ -158,13 +172,16 @@ def score(gold, pred) -> dict:
 def run(model_path: str, train, test, *, labels: list[str], tokenizer, train_features, test_features,
         test_word_ids, lr: float, batch_size: int, eval_batch_size: int, epochs: int, seed: int,
         weight_decay: float, warmup: float, head_only: bool, out_dir: Path, optimizer: dict | None = None,
-        t_setup: float | None = None) -> dict:
+        t_setup: float | None = None, speed: dict | None = None) -> dict:
     """One reference run: load, (freeze the encoder,) train, predict test. Returns timings and scores.
 
     ``optimizer``: None -> TrainingArguments' default optimizer (AdamW); or a seqexp ``optim``
     config (``name`` adam|adamw|sgd, ``lr``, ``momentum``, ...) built by hand on the trainable
     parameters and passed as ``Trainer(optimizers=(opt, None))`` (the Trainer still builds the
     linear schedule).
+
+    ``speed``: more ``TrainingArguments`` (``speed_settings()``: HF's own speed settings, bench.py's
+    ``ref-best``); None keeps the defaults.
     """
     from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,
                               TrainingArguments, set_seed)
@@ -184,14 +201,19 @@ def run(model_path: str, train, test, *, labels: list[str], tokenizer, train_fea
         per_device_eval_batch_size=eval_batch_size, num_train_epochs=epochs, learning_rate=lr,
         weight_decay=weight_decay, lr_scheduler_type="linear", warmup_steps=warmup, seed=seed,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=True, **(speed or {}),
     )
     counter = CountingCollator(DataCollatorForTokenClassification(tokenizer))
     timer = make_callback(counter)
     optimizers = (None, None)
     if optimizer is not None:
-        params = [p for p in model.parameters() if p.requires_grad]
         o = optimizer
+        encoder = {id(p) for p in model.base_model.parameters()}
+        trained = [p for p in model.parameters() if p.requires_grad]
+        # the encoder at encoder_lr where the optim config has one (seqexp's split), the classifier at lr
+        params = ([{"params": [p for p in trained if id(p) in encoder], "lr": o["encoder_lr"]},
+                   {"params": [p for p in trained if id(p) not in encoder]}]
+                  if o.get("encoder_lr") is not None and not head_only else trained)
         if o["name"] == "sgd":
             opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
                                   weight_decay=o["weight_decay"])
@@ -210,6 +232,10 @@ def run(model_path: str, train, test, *, labels: list[str], tokenizer, train_fea
     pred, missing = predict_words(trainer, test_features, test_word_ids, test, id2label)
     test_s = time.perf_counter() - t_test
     scores = score([s.tags for s in test], pred)
+    tokens, sq = counter.tokens, counter.sq
+    if args.dataloader_num_workers:  # the collator ran in the workers: every example once per epoch
+        lengths = [len(f["input_ids"]) for f in train_features]
+        tokens, sq = len(timer.epochs) * sum(lengths), len(timer.epochs) * sum(n * n for n in lengths)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     non_embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     cfg = model.config
@@ -222,10 +248,62 @@ def run(model_path: str, train, test, *, labels: list[str], tokenizer, train_fea
         breakdown["train_start_to_first_epoch_s"] = timer.first_start - t_fit
     return {
         "test": scores, "test_words": sum(len(s.words) for s in test), "missing_test_words": missing,
-        "train_step_s": timer.step_s, "train_steps": timer.steps, "real_tokens": counter.tokens,
-        "sum_len_sq": counter.sq, "fit_s": fit_s, "test_s": test_s,
+        "train_step_s": timer.step_s, "train_steps": timer.steps, "real_tokens": tokens,
+        "sum_len_sq": sq, "fit_s": fit_s, "test_s": test_s,
         "epochs": [{k: v for k, v in e.items() if k != "end"} for e in epochs_rec],
         "first_epoch_incl_setup_s": first_incl, "setup_breakdown": breakdown,
         "trainable_params": trainable, "non_embedding_params": non_embed,
         "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
     }
+
+
+def main(argv=None) -> None:
+    """One reference run in its own process, as a user of ``run_ner.py`` runs each job of a grid:
+
+        python benchmarks/reference_hf.py MODEL_DIR --data DIR --train N --epochs E --optim-json '{...}'
+                                          [--head-only] [--out result.json]
+    """
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("model", help="a save_pretrained folder (encoder and tokenizer)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--train", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--optim-json", required=True, help="seqexp's optim config with the run's effective LRs")
+    p.add_argument("--warmup", type=float, default=0.0)
+    p.add_argument("--head-only", action="store_true")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    t_setup = time.perf_counter()
+    from transformers import AutoConfig, AutoTokenizer
+
+    train, test = read_corpus(args.data, args.train)
+    labels = label_list(train)
+    label2id = {v: k for k, v in enumerate(labels)}
+    # run_ner.py: RoBERTa-style byte-level BPE needs add_prefix_space=True for pre-split words
+    arch = AutoConfig.from_pretrained(args.model).model_type
+    tokenizer = AutoTokenizer.from_pretrained(args.model, **({"add_prefix_space": True}
+                                                            if arch in ("roberta", "gpt2", "bloom") else {}))
+    train_features, _ = tokenize(train, tokenizer, label2id)
+    test_features, test_word_ids = tokenize(test, tokenizer, label2id)
+    optimizer = json.loads(args.optim_json)
+    out_dir = Path(args.out.parent if args.out else ".") / "hf-out"
+    result = run(args.model, train, test, labels=labels, tokenizer=tokenizer, train_features=train_features,
+                 test_features=test_features, test_word_ids=test_word_ids, lr=optimizer["lr"],
+                 batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, epochs=args.epochs,
+                 seed=args.seed, weight_decay=float(optimizer["weight_decay"]), warmup=args.warmup,
+                 head_only=args.head_only, out_dir=out_dir, optimizer=optimizer, t_setup=t_setup)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # seqexp's CoNLL reader
+    main()
