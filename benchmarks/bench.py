@@ -510,6 +510,12 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def model_flops(r: dict) -> float:
+    """Training FLOPs of a side's timed steps: 6 x non-embedding params x real tokens + 12 x layers x hidden x
+    sum of squared lengths (attention)."""
+    return 6 * r["non_embedding_params"] * r["real_tokens"] + 12 * r["layers"] * r["hidden"] * r["sum_len_sq"]
+
+
 def summarise(res: dict, spec: dict) -> tuple[dict, list[tuple[str, str, str, str]]]:
     s: dict = {}
     rows = []
@@ -519,7 +525,7 @@ def summarise(res: dict, spec: dict) -> tuple[dict, list[tuple[str, str, str, st
     for name, r in (("seqexp", sf), ("reference", rf)):
         if "train_step_s" in r and r["train_step_s"]:
             tps = r["real_tokens"] / r["train_step_s"]
-            flops = 6 * r["non_embedding_params"] * r["real_tokens"] + 12 * r["layers"] * r["hidden"] * r["sum_len_sq"]
+            flops = model_flops(r)
             s[f"{name}_full_real_tokens_per_s"] = tps
             s[f"{name}_full_model_flops_per_s"] = flops / r["train_step_s"]
             s[f"{name}_full_mfu_vs_fp32_matmul"] = ratio(flops / r["train_step_s"], peak)
@@ -536,9 +542,7 @@ def summarise(res: dict, spec: dict) -> tuple[dict, list[tuple[str, str, str, st
             tps = r["real_tokens"] / r["train_step_s"]
             s[f"ref_best_w{w}_real_tokens_per_s"] = tps
             if tps > best.get("tps", 0):
-                flops = (6 * r["non_embedding_params"] * r["real_tokens"]
-                         + 12 * r["layers"] * r["hidden"] * r["sum_len_sq"])
-                best = {"tps": tps, "workers": w, "mfu": ratio(flops / r["train_step_s"], peak)}
+                best = {"tps": tps, "workers": w, "mfu": ratio(model_flops(r) / r["train_step_s"], peak)}
     p1b = ratio(s.get("seqexp_full_real_tokens_per_s"), best.get("tps"))
     s.update(P1_vs_ref_best_ratio=p1b, ref_best_workers=best.get("workers"),
              ref_best_full_real_tokens_per_s=best.get("tps"), ref_best_full_mfu_vs_fp32_matmul=best.get("mfu"))

@@ -113,7 +113,8 @@ def main() -> None:
     ecfg = encoder.config
     non_embed = sum(p.numel() for n, p in encoder.named_parameters() if "embeddings" not in n)
     non_embed += sum(p.numel() for p in built.tagger.head.parameters())
-    flops = 6 * non_embed * cb.tokens + 12 * ecfg.num_hidden_layers * ecfg.hidden_size * cb.sq
+    flops = bench.model_flops({"non_embedding_params": non_embed, "real_tokens": cb.tokens, "sum_len_sq": cb.sq,
+                               "layers": ecfg.num_hidden_layers, "hidden": ecfg.hidden_size})
     mm = by_cat.get("matrix products (mm, addmm, bmm)", 0.0)
     result = {"steps_profiled": cb.steps, "step_s": cb.step_s, "data_s_between_steps": cb.data_s,
               "real_tokens": cb.tokens, "fp32_matmul_flops": peak, "model_flops": flops,
