@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,15 +40,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated config keys that are tuned hyperparameters (e.g. optim.lr,head.dropout), "
                         "besides those in the runs' seqexp.tuned tags: each cell keeps the candidate with the best "
                         "mean dev F1 over seeds, and only it is reported")
+    p.add_argument("--picks", action="store_true",
+                   help="write no report: print the command-line overrides of each cell's pick (without seed=), one "
+                        "line per cell, e.g. to run the picks of a study tuned on one seed on the other seeds")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tuned = [k.strip() for k in args.tuned.split(",") if k.strip()]
+    if args.picks:
+        return print_picks(args.uri, args.target, tuned)
     out = args.out if args.out is not None else default_out_dir(args.target)
     try:
         md = build_report(args.uri, args.target, out, bootstrap=args.bootstrap, seed=args.seed,
-                          tuned=[k.strip() for k in args.tuned.split(",") if k.strip()], ui_url=args.ui_url)
+                          tuned=tuned, ui_url=args.ui_url)
     except ReportError as exc:
         print(f"seqexp.report: error: {exc}", file=sys.stderr)
         return 2
@@ -55,6 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.attach:
         for run_id in attach_to_parents(args.uri, args.target, md.parent):
             print(f"attached it to parent run {run_id} (artifacts: report/)")
+    return 0
+
+
+def print_picks(uri: str, target: str, tuned: list[str]) -> int:
+    """One line per cell on stdout: the overrides of its pick's run on a selection seed, shell-quoted."""
+    from seqexp.report.aggregate import pick_overrides
+    from seqexp.report.build import collect_report
+
+    try:
+        grid = collect_report(uri, target, bootstrap=0, tuned=tuned).grid
+    except ReportError as exc:
+        print(f"seqexp.report: error: {exc}", file=sys.stderr)
+        return 2
+    for cell in grid.cells:
+        overrides = pick_overrides(cell)
+        if overrides is None:
+            print(f"seqexp.report: {cell.label}: no pick with recorded overrides ({cell.reason or 'no tag'})",
+                  file=sys.stderr)
+        else:
+            print(" ".join(shlex.quote(o) for o in overrides))
     return 0
 
 

@@ -12,9 +12,12 @@ never do.
 Tuned keys are the hyperparameters a study declares it tunes (the runs' tag
 ``seqexp.tuned``, comma-separated, else their ``tuned`` config list; plus ``--tuned``). The *candidates* of a cell
 are its distinct combinations of tuned values; each candidate has its seeds.
-Each cell keeps ONE candidate, its *pick*: the best mean dev F1 over seeds
-(``best_val_f1``), ties broken by fewer seeds without a dev score, then by the
-order of the tuned values (numbers numerically, smallest first). Test metrics never take part. The main
+Each cell keeps ONE candidate, its *pick*: the best mean dev F1 (``best_val_f1``)
+over the cell's *selection seeds*, the seeds on which every candidate has a dev
+score (all seeds when every candidate ran every seed; a study may tune on one
+seed and run only the pick on the others), ties broken by fewer seeds without a
+dev score, then by the order of the tuned values (numbers numerically, smallest
+first). Test metrics never take part. The main
 table, verdicts, significance tests and plots see only the picks
 (:attr:`Grid.configs`); the selection table shows every candidate.
 
@@ -84,16 +87,18 @@ class Config:
     def label(self) -> str:
         return f"{self.group} {self.strategy}".strip()
 
-    def values(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.runs if metric in r.metrics]
+    def values(self, metric: str, seeds: Iterable[str] | None = None) -> list[float]:
+        """``metric`` of each run that logged it, on ``seeds`` only when given."""
+        keep = None if seeds is None else set(seeds)
+        return [r.metrics[metric] for r in self.runs if metric in r.metrics and (keep is None or r.seed in keep)]
 
-    def mean(self, metric: str) -> float | None:
-        vals = self.values(metric)
+    def mean(self, metric: str, seeds: Iterable[str] | None = None) -> float | None:
+        vals = self.values(metric, seeds)
         return statistics.fmean(vals) if vals else None
 
-    def std(self, metric: str) -> float | None:
+    def std(self, metric: str, seeds: Iterable[str] | None = None) -> float | None:
         """Sample standard deviation (n - 1) over seeds; None with fewer than two seeds."""
-        vals = self.values(metric)
+        vals = self.values(metric, seeds)
         return statistics.stdev(vals) if len(vals) > 1 else None
 
     @property
@@ -119,6 +124,7 @@ class Cell:
     candidates: list[Config]
     pick: Config | None
     reason: str = ""  # why there is no pick, or a note on it
+    selection_seeds: list[str] = field(default_factory=list)  # the seeds the candidates were compared on
 
     @property
     def label(self) -> str:
@@ -130,27 +136,60 @@ class Cell:
         return sorted({s for c in self.candidates for s in c.seeds}, key=_natural)
 
 
-def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str]:
-    """The candidate with the best mean dev F1 over seeds, and a note; never looks at test metrics.
+def selection_seeds(candidates: Sequence[Config]) -> list[str]:
+    """The seeds on which every candidate with a dev score has one: the seeds candidates are compared on.
 
+    Empty when those candidates share no seed; with one candidate, its own seeds with a dev score.
+    """
+    scored = [set(c.dev_seeds()) for c in candidates if c.dev_seeds()]
+    return sorted(set.intersection(*scored), key=_natural) if scored else []
+
+
+def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str, list[str]]:
+    """The candidate with the best mean dev F1 on the selection seeds, a note, and those seeds.
+
+    Never looks at test metrics. Candidates are compared on the seeds they all have a dev score on
+    (:func:`selection_seeds`), so a candidate run on more seeds than the others (the pick of a study that
+    tunes on one seed, then runs the pick on the rest) is not judged on seeds the others lack. When they
+    share no seed, each is judged on all of its own, and the note says so.
     Ties: fewer of the cell's seeds without a dev score, then the order of the tuned values (numbers
     numerically, the smallest first).
     A lone candidate is the pick even without a dev score (there is nothing to choose);
     among several, candidates without any dev score cannot be picked.
     """
+    shared = selection_seeds(candidates)
     if len(candidates) == 1:
         only = candidates[0]
-        return only, "" if only.dev_seeds() else f"only candidate; no dev score ({DEV_METRIC})"
+        return only, "" if only.dev_seeds() else f"only candidate; no dev score ({DEV_METRIC})", shared
     eligible = [c for c in candidates if c.dev_seeds()]
     if not eligible:
-        return None, f"no candidate has a dev score ({DEV_METRIC} or a val_f1 history): nothing to select on"
+        return None, f"no candidate has a dev score ({DEV_METRIC} or a val_f1 history): nothing to select on", []
     seeds = {s for c in candidates for s in c.seeds}
+    on = shared or None
+    note = "" if shared else "its candidates share no seed with a dev score, so each was judged on its own seeds"
 
     def key(c: Config) -> tuple:
-        return (-(c.mean(DEV_METRIC) or 0.0), len(seeds - set(c.dev_seeds())),
+        return (-(c.mean(DEV_METRIC, on) or 0.0), len(seeds - set(c.dev_seeds())),
                 tuple(_value_key(v) for v in c.tuned.values()))
 
-    return min(eligible, key=key), ""
+    pick = min(eligible, key=key)
+    if shared and set(pick.dev_seeds()) != set(shared):
+        more = [s for s in pick.dev_seeds() if s not in shared]
+        note = (f"picked on seed{'s' if len(shared) > 1 else ''} {', '.join(shared)} (the seeds every candidate "
+                f"ran); seed{'s' if len(more) > 1 else ''} {', '.join(more)} of the pick {'were' if len(more) > 1 else 'was'} "
+                "not part of the choice")
+    return pick, note, shared
+
+
+def pick_overrides(cell: Cell) -> list[str] | None:
+    """The command-line overrides (the ``overrides`` tag) of the run that made ``cell``'s pick on a selection
+    seed, without ``seed=``: rerunning them with other seeds runs the pick on those seeds. None without one."""
+    if cell.pick is None:
+        return None
+    for r in cell.pick.runs:
+        if r.seed in cell.selection_seeds and r.tags.get("overrides"):
+            return [o for o in r.tags["overrides"].split() if not o.startswith(f"{identity.SEED}=")]
+    return None
 
 
 @dataclass
@@ -262,8 +301,8 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
                     members.append(r)
             members.sort(key=lambda r: _natural(r.seed))
             candidates.append(Config(axes, members, group, strategy, dict(zip(tuned_present, cand))))
-        pick, reason = pick_candidate(candidates)
-        cells.append(Cell(axes, group, strategy, candidates, pick, reason))
+        pick, reason, shared = pick_candidate(candidates)
+        cells.append(Cell(axes, group, strategy, candidates, pick, reason, shared))
     picks = [c.pick for c in cells if c.pick is not None]
     return Grid(picks, shown, strategy_axes, extras, cells, tuned_present, repeated)
 

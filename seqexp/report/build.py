@@ -69,7 +69,9 @@ class ReportData:
                 rows.append({"axes": dict(cell.axes), "group": cell.group, "strategy": cell.strategy,
                              "tuned": dict(c.tuned), "seeds": c.seeds, "dev_seeds": c.dev_seeds(),
                              "run_ids": [r.run_id for r in c.runs], "picked": c is cell.pick,
-                             DEV_METRIC: {"mean": c.mean(DEV_METRIC), "std": c.std(DEV_METRIC)}})
+                             DEV_METRIC: {"mean": c.mean(DEV_METRIC), "std": c.std(DEV_METRIC)},
+                             "selection_seeds": list(cell.selection_seeds),
+                             "selection_" + DEV_METRIC: c.mean(DEV_METRIC, cell.selection_seeds or None)})
         return rows
 
 

@@ -170,7 +170,8 @@ def cost_quality(configs: Sequence[Config], path: Path) -> Path:
 def expected_validation(cells: Sequence[Cell], path: Path) -> Path:
     """Expected best dev F1 of each cell against n candidates tried (sampling its candidates with replacement)."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    curves = [(cell, [c.mean(DEV_METRIC) for c in cell.candidates if c.mean(DEV_METRIC) is not None])
+    on = {id(cell): cell.selection_seeds or None for cell in cells}  # the dev scores the pick was chosen on
+    curves = [(cell, [m for c in cell.candidates if (m := c.mean(DEV_METRIC, on[id(cell)])) is not None])
               for cell in cells]
     curves = [(cell, vals) for cell, vals in curves if vals]
     top = max((len(v) for _, v in curves), default=1)

@@ -103,17 +103,27 @@ def selection_blocks(grid: Grid) -> list[Block]:
             "Tuned hyperparameters (the runs' `seqexp.tuned` tag or `tuned` config, and `--tuned`): "
             + ", ".join(f"`{k}`" for k in grid.tuned) + ". For each cell the candidate (combination of tuned "
             "values) with the best **mean dev F1 over seeds** (`best_val_f1`, the dev F1 of each run's best "
-            "epoch) is picked; ties go to the candidate with fewer seeds missing a dev score, then to the first "
-            f"in sorted order. The test set takes no part: test scores are shown only for the picks ({PICK})."))
+            "epoch) is picked, on the seeds every candidate of the cell has a dev score for (its *selection "
+            "seeds*: all of them when every candidate ran every seed); ties go to the candidate with fewer seeds "
+            "missing a dev score, then to the first in sorted order. The test set takes no part: test scores are "
+            f"shown only for the picks ({PICK})."))
+        # A column for the selection seeds' dev F1 only where some cell chose on fewer seeds than a candidate ran.
+        subset = any(set(cell.selection_seeds) != set(c.dev_seeds()) for cell in grid.cells
+                     for c in cell.candidates if cell.selection_seeds)
         rows = []
         for cell in grid.cells:
             for c in cell.candidates:
                 n_dev = len(c.dev_seeds())
                 seeds = str(len(c.runs)) + ("" if n_dev == len(c.runs) else f" ({n_dev} with dev)")
                 note = PICK if c is cell.pick else (cell.reason if cell.pick is None else "")
-                rows.append([cell.group, cell.strategy, c.candidate, seeds, score(c, DEV_METRIC), note])
-        blocks.append(Table(["model", "strategy", "candidate", "seeds", "dev F1 (mean ± std)", "picked"], rows,
-                            ["l", "l", "l", "r", "r", "l"]))
+                row = [cell.group, cell.strategy, c.candidate, seeds, score(c, DEV_METRIC)]
+                if subset:
+                    row += [", ".join(cell.selection_seeds) or MISSING,
+                            score(c, DEV_METRIC, cell.selection_seeds or None)]
+                rows.append([*row, note])
+        head = ["model", "strategy", "candidate", "seeds", "dev F1 (mean ± std)"]
+        head += ["selection seeds", "dev F1 on them"] if subset else []
+        blocks.append(Table([*head, "picked"], rows, ["l", "l", "l", "r", "r"] + (["r", "r"] if subset else []) + ["l"]))
         for cell in grid.cells:
             if cell.pick is not None and cell.reason:
                 blocks.append(Para(f"{cell.label}: {cell.reason}."))
@@ -151,7 +161,7 @@ def expected_validation_blocks(grid: Grid, figure: Path | None) -> list[Block]:
         return [Para("Not shown: no cell tried more than one candidate.")]
     counts = sorted({sum(1 for c in cell.candidates if c.dev_seeds()) for cell in grid.cells})
     text = ("Expected best dev F1 after n candidates (Dodge et al. 2019, \"Show Your Work\"): the expected maximum "
-            "of n draws with replacement from the cell's candidates' mean dev F1, from their empirical "
+            "of n draws with replacement from the cell's candidates' mean dev F1 on its selection seeds, from their empirical "
             "distribution (n = 1 is their mean; large n approaches the best). Shown whenever a cell has at least "
             "2 candidates. ")
     text += ("The cells tried different numbers of candidates (" + ", ".join(map(str, counts)) + "): compare them "

@@ -13,14 +13,15 @@ of :func:`seqexp.report.significance.verdict_word`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from seqexp.report.aggregate import Config, Grid
 from seqexp.report.compare import Comparison
 
 
-def score(config: Config, metric: str = "test_f1") -> str:
-    """"91.23 ± 0.12" (×100; no ± with one seed), or "—"."""
-    mean, std = config.mean(metric), config.std(metric)
+def score(config: Config, metric: str = "test_f1", seeds: Iterable[str] | None = None) -> str:
+    """"91.23 ± 0.12" (×100; no ± with one seed), or "—"; over ``seeds`` only when given."""
+    mean, std = config.mean(metric, seeds), config.std(metric, seeds)
     if mean is None:
         return "—"
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")

@@ -139,6 +139,21 @@ def test_a_run_on_data_in_another_folder_is_another_cell():
     assert [len(c.runs) for c in grid.candidates()] == [1, 3, 3]
 
 
+def test_candidates_are_compared_on_the_seeds_they_all_ran():
+    """Tuned on seed 1, the pick then run on seeds 2 and 3: its later seeds must not undo the choice."""
+    runs = [rec("a1", "last", "1e-3", "1", 0.86, 0.5), rec("a2", "last", "1e-3", "2", 0.80, 0.5),
+            rec("a3", "last", "1e-3", "3", 0.80, 0.5), rec("b1", "last", "1e-2", "1", 0.84, 0.9)]
+    (cell,) = group_configs(runs).cells
+    assert cell.selection_seeds == ["1"]
+    assert cell.pick.tuned == {"optim.lr": "1e-3"}  # 0.86 vs 0.84 on seed 1 (over its own seeds it would be 0.82)
+    assert cell.reason == "picked on seed 1 (the seeds every candidate ran); seeds 2, 3 of the pick were not part " \
+                          "of the choice"
+    disjoint = [rec("a1", "last", "1e-3", "1", 0.80, 0.5), rec("b2", "last", "1e-2", "2", 0.90, 0.5)]
+    (cell,) = group_configs(disjoint).cells
+    assert cell.selection_seeds == [] and cell.pick.tuned == {"optim.lr": "1e-2"}
+    assert "share no seed" in cell.reason
+
+
 def test_expected_max_known_cases():
     values = [0.2, 0.5, 0.9]
     assert expected_max(values, 1) == pytest.approx(sum(values) / 3)  # n = 1: the mean
@@ -174,7 +189,7 @@ def make_store(root: Path, tag: bool = True, older: bool = False) -> dict:
         pred = corrupt(gold, drop, seed=100 * k + int(seed))
         result = evaluate(gold, pred, "IOB2")
         tags = {"seqexp.fingerprint": f"fp-{freeze}-{lr}-{seed}-v{version}", "mlflow.source.git.commit": "abc",
-                "seqexp.fingerprint_version": str(version)}
+                "seqexp.fingerprint_version": str(version), "overrides": f"seed={seed} freeze={freeze} optim.lr={lr}"}
         if tag:
             tags["seqexp.tuned"] = "optim.lr"
         run = client.create_run(exp_id, start_time=clock, run_name=f"minilm|{freeze}|adam|s{seed}", tags=tags)
@@ -270,6 +285,28 @@ def test_real_store_verdict_uses_the_picks(report):
     assert re.search(r"On \*\*minilm\*\*, \*\*unfreeze\+adam\*\* beats last\+adam by \d+\.\d test F1 "
                      r"\(\d+\.\d\d vs \d+\.\d\d; ε_min \d\.\d\d, Holm p[<=][\d.]+, 3 seeds: (not )?significant\), "
                      r"at 10× the train time and 100% vs 0\.014% of the parameters trained\.", verdict), verdict
+
+
+def test_a_study_tuned_on_one_seed_keeps_its_pick_and_prints_it_for_the_other_seeds(tmp_path, capsys):
+    s = make_store(tmp_path)
+    client = s["client"]
+    for lr in ("1e-3", "5e-2"):  # candidates that lost on seed 1 ran no other seed
+        for seed in ("2", "3"):
+            client.delete_run(s["ids"][("last", lr, seed)])
+    for seed in ("2", "3"):  # the seed-1 pick (0.86) does worse on its later seeds than 5e-2 did on seed 1 (0.84)
+        client.log_metric(s["ids"][("last", "1e-2", seed)], "best_val_f1", 0.80, timestamp=2_000_000_000_000, step=1)
+    out = tmp_path / "r"
+    assert main(["sel", "--uri", s["uri"], "--out", str(out), "--bootstrap", "0", "--no-attach"]) == 0
+    rows = md_table(section((out / "report.md").read_text(), "2. Selection on dev"))
+    assert [(r["candidate"], r["seeds"], r["dev F1 (mean ± std)"], r["selection seeds"], r["dev F1 on them"],
+             r["picked"]) for r in rows[:3]] == [
+        ("optim.lr=1e-3", "1", "80.00", "1", "80.00", ""), ("optim.lr=1e-2", "3", "82.00 ± 3.46", "1", "86.00", "✔"),
+        ("optim.lr=5e-2", "1", "84.00", "1", "84.00", "")]
+    assert "last+adam: picked on seed 1 (the seeds every candidate ran); seeds 2, 3 of the pick were not part" \
+        in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["sel", "--uri", s["uri"], "--picks"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["freeze=last optim.lr=1e-2", "freeze=unfreeze optim.lr=1e-4"]
 
 
 def test_swapping_test_metrics_in_mlflow_keeps_the_pick_and_the_flag_equals_the_tag(tmp_path, capsys):
