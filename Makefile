@@ -63,7 +63,8 @@ demo-2x: install
 	$(PY) -m seqexp.report demo-2x --uri $$MLFLOW_TRACKING_URI && exit $$((head | full))
 
 # experiments/strategies.yaml: MiniLM x every conf/freeze strategy on 4,000 CoNLL-2003 sentences, in two stages:
-# (1) 3 learning rates (freeze.lr_scale) of every strategy on seed 1; (2) the pick of each (best dev F1 on seed 1,
+# (1) 3 learning rates (freeze.lr_scale) of every strategy on seed 1, and one more past the end of the grid where
+# the best of them lies at an end (`seqexp.report --beyond-edges`); (2) the pick of each (best dev F1 on seed 1,
 # printed by `seqexp.report --picks`) on seeds 2 and 3. Hours on 2 CPU cores; rerunning it skips finished runs and
 # resumes killed ones (so it can be stopped and continued).
 STRAT = $(PY) -m seqexp.run -m experiment=strategies seed=1
@@ -74,7 +75,9 @@ strategies: install
 	$(STRAT) freeze=unfreeze,top_k,llrd,lp_ft 'freeze.lr_scale=0.5,1.0,2.0'; d=$$?; \
 	$(STRAT) freeze=gradual freeze.every_n_epochs=null freeze.every_n_steps=40 freeze.max_epochs=4 \
 	  'freeze.lr_scale=0.5,1.0,2.0'; e=$$?; \
-	$(PY) -m seqexp.report strategies --picks --uri $$MLFLOW_TRACKING_URI > $$picks; f=$$?; \
+	$(PY) -m seqexp.report strategies --beyond-edges --uri $$MLFLOW_TRACKING_URI > $$picks; f=$$?; \
+	while read -r edge; do eval "$(PY) -m seqexp.run -m $$edge" < /dev/null || f=1; done < $$picks; \
+	$(PY) -m seqexp.report strategies --picks --uri $$MLFLOW_TRACKING_URI > $$picks || f=1; \
 	while read -r picked; do eval "$(PY) -m seqexp.run -m $$picked seed=2,3" < /dev/null || f=1; \
 	  done < $$picks; rm -f $$picks; \
 	$(PY) -m seqexp.report strategies --uri $$MLFLOW_TRACKING_URI && exit $$((a | b | c | d | e | f))

@@ -117,6 +117,37 @@ def test_run_left_running_by_a_dead_process_is_marked_killed_and_redone(tmp_path
     assert [c.info.status for c in children] == ["FINISHED"]
 
 
+def test_a_study_tuned_on_one_seed_runs_its_picks_on_more_seeds(tmp_path, mini_conll):
+    """make strategies' protocol: candidates on seed 1, `seqexp.report --picks`, the picks on seeds 2,3."""
+    import shlex
+
+    from seqexp.report import collect_report
+
+    stage1 = sweep(tmp_path, "model=tiny-bert", "freeze=last,unfreeze", "seed=1", "freeze.lr_scale=0.3,3",
+                   "tuned=[freeze.lr_scale]", f"dataset.data_dir={mini_conll}", *TINY)
+    assert stage1.returncode == 0, stage1.stderr[-4000:]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    picks = warm.run([sys.executable, "-m", "seqexp.report", "seqexp", "--picks"], cwd=tmp_path, env=env,
+                     capture_output=True, text=True, timeout=300)
+    assert picks.returncode == 0, picks.stderr[-3000:]
+    lines = picks.stdout.splitlines()
+    assert len(lines) == 2 and all("seed=" not in line for line in lines), lines
+    for line in lines:
+        stage2 = sweep(tmp_path, *shlex.split(line), "seed=2,3")
+        assert stage2.returncode == 0, stage2.stderr[-4000:]
+        assert "2 finished, 0 skipped, 0 failed" in stage2.stdout
+    grid = collect_report(f"sqlite:///{tmp_path / 'mlruns.db'}", "seqexp", bootstrap=0).grid
+    assert len(grid.cells) == 2
+    for cell in grid.cells:
+        assert cell.selection_seeds == ["1"]
+        assert cell.pick.seeds == ["1", "2", "3"]  # the pick ran on every seed, the other candidate on seed 1
+        (other,) = [c for c in cell.candidates if c is not cell.pick]
+        assert other.seeds == ["1"]
+        assert cell.pick.values("best_val_f1", ["1"]) >= other.values("best_val_f1")  # chosen on seed 1 alone
+        (line,) = [ln for ln in lines if f"freeze={cell.axes['freeze']}" in shlex.split(ln)]
+        assert f"freeze.lr_scale={cell.pick.tuned['freeze.lr_scale']}" in shlex.split(line)
+
+
 def check_report_of_real_sweep(cwd: Path, sweep_id: str, children) -> None:
     """``python -m seqexp.report <sweep id>`` on the real sweep: numbers are MLflow's, images exist."""
     import re

@@ -43,14 +43,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--picks", action="store_true",
                    help="write no report: print the command-line overrides of each cell's pick (without seed=), one "
                         "line per cell, e.g. to run the picks of a study tuned on one seed on the other seeds")
+    p.add_argument("--beyond-edges", action="store_true",
+                   help="write no report: for each cell whose pick is the largest or smallest of 3 or more numeric "
+                        "candidates, print the overrides of one more candidate past that end (the grid's ratio "
+                        "continued) on the selection seeds, one line per cell")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tuned = [k.strip() for k in args.tuned.split(",") if k.strip()]
-    if args.picks:
-        return print_picks(args.uri, args.target, tuned)
+    if args.picks or args.beyond_edges:
+        return print_picks(args.uri, args.target, tuned, edges=args.beyond_edges)
     out = args.out if args.out is not None else default_out_dir(args.target)
     try:
         md = build_report(args.uri, args.target, out, bootstrap=args.bootstrap, seed=args.seed,
@@ -65,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_picks(uri: str, target: str, tuned: list[str]) -> int:
-    """One line per cell on stdout: the overrides of its pick's run on a selection seed, shell-quoted."""
-    from seqexp.report.aggregate import pick_overrides
+def print_picks(uri: str, target: str, tuned: list[str], edges: bool = False) -> int:
+    """One line per cell on stdout, shell-quoted: the overrides of its pick's run on a selection seed (without
+    ``seed=``), or with ``edges`` those of one more candidate past the end of the grid where the pick lies
+    (only for such cells)."""
+    from seqexp.report.aggregate import beyond_edge, pick_overrides
     from seqexp.report.build import collect_report
 
     try:
@@ -76,12 +82,12 @@ def print_picks(uri: str, target: str, tuned: list[str]) -> int:
         print(f"seqexp.report: error: {exc}", file=sys.stderr)
         return 2
     for cell in grid.cells:
-        overrides = pick_overrides(cell)
-        if overrides is None:
+        overrides = (beyond_edge if edges else pick_overrides)(cell)
+        if overrides is not None:
+            print(" ".join(shlex.quote(o) for o in overrides))
+        elif not edges:
             print(f"seqexp.report: {cell.label}: no pick with recorded overrides ({cell.reason or 'no tag'})",
                   file=sys.stderr)
-        else:
-            print(" ".join(shlex.quote(o) for o in overrides))
     return 0
 
 

@@ -154,6 +154,33 @@ def test_candidates_are_compared_on_the_seeds_they_all_ran():
     assert "share no seed" in cell.reason
 
 
+def scale_runs(devs: dict[str, float]) -> list[RunRecord]:
+    """One seed-1 run per freeze.lr_scale candidate, with the overrides tag seqexp.run writes."""
+    runs = []
+    for k, (value, dev) in enumerate(devs.items()):
+        r = rec(f"r{k}", "last", "1e-3", "1", dev, 0.5, tuned="freeze.lr_scale")
+        r.params["freeze.lr_scale"] = value
+        r.tags["overrides"] = f"seed=1 model=minilm freeze=last freeze.lr_scale={value} trainer.num_threads=1"
+        runs.append(r)
+    return runs
+
+
+def test_a_pick_at_the_end_of_the_grid_gets_one_more_candidate_past_it():
+    from seqexp.report.aggregate import beyond_edge
+
+    (top,) = group_configs(scale_runs({"5.0": 0.80, "10.0": 0.82, "20.0": 0.84})).cells
+    assert beyond_edge(top) == ["model=minilm", "freeze=last", "trainer.num_threads=1", "freeze.lr_scale=40.0",
+                                "seed=1"]
+    (bottom,) = group_configs(scale_runs({"3": 0.84, "10": 0.82, "30": 0.80})).cells
+    assert beyond_edge(bottom)[-2:] == ["freeze.lr_scale=0.9", "seed=1"]
+    (ints,) = group_configs(scale_runs({"1": 0.80, "2": 0.81, "4": 0.82})).cells
+    assert beyond_edge(ints)[-2:] == ["freeze.lr_scale=8", "seed=1"]
+    (inside,) = group_configs(scale_runs({"5.0": 0.80, "10.0": 0.85, "20.0": 0.84})).cells
+    assert beyond_edge(inside) is None
+    (two,) = group_configs(scale_runs({"5.0": 0.80, "10.0": 0.85})).cells
+    assert beyond_edge(two) is None  # with 2 candidates every pick is at an end
+
+
 def test_expected_max_known_cases():
     values = [0.2, 0.5, 0.9]
     assert expected_max(values, 1) == pytest.approx(sum(values) / 3)  # n = 1: the mean
@@ -307,6 +334,8 @@ def test_a_study_tuned_on_one_seed_keeps_its_pick_and_prints_it_for_the_other_se
     capsys.readouterr()
     assert main(["sel", "--uri", s["uri"], "--picks"]) == 0
     assert capsys.readouterr().out.splitlines() == ["freeze=last optim.lr=1e-2", "freeze=unfreeze optim.lr=1e-4"]
+    assert main(["sel", "--uri", s["uri"], "--beyond-edges"]) == 0  # 1e-2 lies between 1e-3 and 5e-2
+    assert capsys.readouterr().out == ""
 
 
 def test_swapping_test_metrics_in_mlflow_keeps_the_pick_and_the_flag_equals_the_tag(tmp_path, capsys):
