@@ -246,6 +246,17 @@ class Grid:
         """The pick with the highest mean test F1 per group (the outcome reported, not a selection)."""
         return {g: max(cs, key=lambda c: c.mean("test_f1") or -math.inf) for g, cs in self.groups().items()}
 
+    def binding_budgets(self) -> list[tuple[Config, int, int]]:
+        """Picks whose best dev epoch was the last one allowed (``best_epoch`` = ``max_epochs``) in some seed:
+        (pick, seeds where it was, seeds that logged both). More epochs might have raised their score."""
+        out = []
+        for c in self.configs:
+            both = [r for r in c.runs if "best_epoch" in r.metrics and "max_epochs" in r.metrics]
+            at_end = sum(1 for r in both if r.metrics["best_epoch"] >= r.metrics["max_epochs"])
+            if at_end:
+                out.append((c, at_end, len(both)))
+        return out
+
     def datasets(self) -> list[str]:
         return sorted({c.axes.get("dataset", MISSING) for c in self.configs}, key=_natural)
 

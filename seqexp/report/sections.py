@@ -18,7 +18,7 @@ from seqexp.report.aggregate import DEV_METRIC, MISSING, Config, Grid, pareto_fr
 from seqexp.report.aso import TAU
 from seqexp.report.render import Block, Bullets, Heading, Image, Para, Table
 from seqexp.report.significance import ALPHA, MIN_SEEDS, format_p
-from seqexp.report.verdict import score, verdict_paragraphs
+from seqexp.report.verdict import budget_text, score, verdict_paragraphs
 
 if TYPE_CHECKING:
     from seqexp.report.build import ReportData
@@ -343,6 +343,7 @@ def document(data: "ReportData", figures: dict[str, Path]) -> list[Block]:
              "epoch whose weights were tested. Budget: `max_epochs` (epochs allowed), mean `epochs_run` (early "
              "stopping may end sooner) and mean `best_epoch` (1-based); train time in seconds."),
         main_table(grid),
+        Para(budget_text(grid)),
         Heading("2. Selection on dev: what was tuned, what was fixed"),
         *selection_blocks(grid),
         Heading("3. Expected validation performance"),

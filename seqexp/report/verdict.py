@@ -94,6 +94,18 @@ def _group_verdict(group: str, configs: list[Config], best: Config, comparisons:
     return text
 
 
+def budget_text(grid: Grid) -> str:
+    """Which picks were best at their last allowed epoch, and what that means for a verdict."""
+    binding = grid.binding_budgets()
+    if not binding:
+        return ("No budget binds: every pick's best dev epoch came before its last allowed epoch, in every seed "
+                "(or the runs did not log `best_epoch` and `max_epochs`).")
+    cells = ", ".join(f"{c.label} ({k} of {n} seeds)" for c, k, n in binding)
+    return (f"Budgets that bind: the best dev epoch was the last one allowed (`best_epoch` = `max_epochs`) for {cells}. "
+            "These cells might score higher with more epochs, so a comparison they lose may be the budget's "
+            "verdict rather than the strategy's; rerunning them with `max_epochs` doubled tells.")
+
+
 def verdict_paragraphs(grid: Grid, comparisons: list[Comparison], tested: bool) -> list[str]:
     """One paragraph per model, then the overall best per dataset and a strategy tally."""
     groups, best = grid.groups(), grid.best()
@@ -109,4 +121,7 @@ def verdict_paragraphs(grid: Grid, comparisons: list[Comparison], tested: bool) 
         tally = Counter(b.strategy for b in best.values())
         parts = [f"{s} on {n} of {len(groups)} models" for s, n in tally.most_common()]
         out.append("Best strategy per model: " + ", ".join(parts) + ".")
+    if grid.binding_budgets():
+        out.append("Caveat: " + ", ".join(c.label for c, _, _ in grid.binding_budgets())
+                   + " were best at their last allowed epoch in some seed: their budget binds (section 1).")
     return out

@@ -181,6 +181,23 @@ def test_a_pick_at_the_end_of_the_grid_gets_one_more_candidate_past_it():
     assert beyond_edge(two) is None  # with 2 candidates every pick is at an end
 
 
+def test_the_report_names_the_picks_whose_budget_binds():
+    from seqexp.report.verdict import budget_text, verdict_paragraphs
+
+    runs = [rec("a1", "last", "1e-3", "1", 0.8, 0.5, best_epoch=10, max_epochs=10),
+            rec("a2", "last", "1e-3", "2", 0.8, 0.5, best_epoch=7, max_epochs=10),
+            rec("b1", "unfreeze", "1e-3", "1", 0.9, 0.6, best_epoch=2, max_epochs=3),
+            rec("b2", "unfreeze", "1e-3", "2", 0.9, 0.6, best_epoch=3, max_epochs=3)]
+    grid = group_configs(runs)
+    assert [(c.strategy, k, n) for c, k, n in grid.binding_budgets()] == [("last+adam", 1, 2), ("unfreeze+adam", 1, 2)]
+    assert "for minilm last+adam (1 of 2 seeds), minilm unfreeze+adam (1 of 2 seeds)" in budget_text(grid)
+    assert verdict_paragraphs(grid, [], False)[-1].startswith("Caveat: minilm last+adam, minilm unfreeze+adam")
+    for r in runs:
+        r.metrics["best_epoch"] = 1.0
+    assert group_configs(runs).binding_budgets() == []
+    assert budget_text(group_configs(runs)).startswith("No budget binds")
+
+
 def test_expected_max_known_cases():
     values = [0.2, 0.5, 0.9]
     assert expected_max(values, 1) == pytest.approx(sum(values) / 3)  # n = 1: the mean
