@@ -192,29 +192,39 @@ def pick_overrides(cell: Cell) -> list[str] | None:
     return None
 
 
-def beyond_edge(cell: Cell) -> list[str] | None:
-    """Overrides of one more candidate past the end of the grid where ``cell``'s pick lies, on its selection seeds.
+def grid_edge(cell: Cell) -> tuple[str, float, float] | None:
+    """(key, pick's value, its neighbour's) when ``cell``'s pick is the largest or smallest value of its grid.
 
-    A pick at the largest (smallest) value of the grid says the best value may lie beyond it: the new value
-    continues the grid's ratio between the pick and its neighbour (10, 20 -> 40; 1.0, 0.5 -> 0.25), and
-    the overrides are the pick's (:func:`pick_overrides`) with that value and ``seed=`` the selection seeds.
-    None when the pick is inside the grid, or the cell tunes more than one key, has fewer than 3 candidates
-    (with 2, every pick is at an end), or values that are not positive numbers.
+    Only for a cell that tunes one key, with at least 3 candidates (with 2, every pick is at an end) whose
+    values are positive numbers; None otherwise, or when the pick lies inside the grid.
     """
-    base = pick_overrides(cell)
-    if base is None or len(cell.pick.tuned) != 1 or len(cell.candidates) < 3 or not cell.selection_seeds:
+    if cell.pick is None or len(cell.pick.tuned) != 1 or len(cell.candidates) < 3:
         return None
     (key,) = cell.pick.tuned
     try:
-        values = sorted({float(c.tuned[key]): c.tuned[key] for c in cell.candidates}.items())
+        values = sorted({float(c.tuned[key]) for c in cell.candidates})
     except (KeyError, ValueError):
         return None
     picked = float(cell.pick.tuned[key])
-    if len(values) < 3 or values[0][0] <= 0 or picked not in (values[0][0], values[-1][0]):
+    if len(values) < 3 or values[0] <= 0 or picked not in (values[0], values[-1]):
         return None
-    neighbour = values[1][0] if picked == values[0][0] else values[-2][0]
+    return key, picked, values[1] if picked == values[0] else values[-2]
+
+
+def beyond_edge(cell: Cell) -> list[str] | None:
+    """Overrides of one more candidate past the end of the grid where ``cell``'s pick lies, on its selection seeds.
+
+    A pick at the largest (smallest) value of the grid (:func:`grid_edge`) says the best value may lie beyond
+    it: the new value continues the grid's ratio between the pick and its neighbour (10, 20 -> 40; 1.0, 0.5 ->
+    0.25), and the overrides are the pick's (:func:`pick_overrides`) with that value and ``seed=`` the
+    selection seeds. None when the pick is inside the grid (or has no grid, or no overrides tag).
+    """
+    edge, base = grid_edge(cell), pick_overrides(cell)
+    if edge is None or base is None or not cell.selection_seeds:
+        return None
+    key, picked, neighbour = edge
     new = picked * picked / neighbour
-    ints = all(re.fullmatch(r"-?\d+", text) for _, text in values)
+    ints = all(re.fullmatch(r"-?\d+", c.tuned[key]) for c in cell.candidates)
     text = str(int(new)) if ints and new == int(new) else repr(new)
     out = [o for o in base if not o.startswith(f"{key}=")]
     return [*out, f"{key}={text}", f"{identity.SEED}={','.join(cell.selection_seeds)}"]

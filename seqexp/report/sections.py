@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqexp import identity
-from seqexp.report.aggregate import DEV_METRIC, MISSING, Config, Grid, pareto_front
+from seqexp.report.aggregate import DEV_METRIC, MISSING, Config, Grid, grid_edge, pareto_front
 from seqexp.report.aso import TAU
 from seqexp.report.render import Block, Bullets, Heading, Image, Para, Table
 from seqexp.report.significance import ALPHA, MIN_SEEDS, format_p
@@ -127,6 +127,15 @@ def selection_blocks(grid: Grid) -> list[Block]:
         for cell in grid.cells:
             if cell.pick is not None and cell.reason:
                 blocks.append(Para(f"{cell.label}: {cell.reason}."))
+        edges = [(cell, edge) for cell in grid.cells if (edge := grid_edge(cell)) is not None]
+        if edges:
+            blocks.append(Para(
+                "Picks at an end of their grid (the best value tried is the largest or smallest): "
+                + ", ".join(f"{cell.label} (`{key}={cell.pick.tuned[key]}`, "
+                            f"{'largest' if picked > neighbour else 'smallest'})" for cell, (key, picked, neighbour)
+                            in edges)
+                + ". Their best value may lie beyond what was tried: `python -m seqexp.report <target> "
+                  "--beyond-edges` prints the next candidate of each."))
         dropped = [cell.label for cell in grid.cells if cell.pick is None]
         if dropped:
             blocks.append(Para("Left out of every table and figure (no candidate could be picked on dev): "

@@ -181,6 +181,18 @@ def test_a_pick_at_the_end_of_the_grid_gets_one_more_candidate_past_it():
     assert beyond_edge(two) is None  # with 2 candidates every pick is at an end
 
 
+def test_the_selection_section_names_picks_at_an_end_of_their_grid():
+    from seqexp.report.sections import selection_blocks
+
+    def text(devs: dict[str, float]) -> str:
+        return " ".join(getattr(b, "text", "") for b in selection_blocks(group_configs(scale_runs(devs))))
+
+    assert "Picks at an end of their grid (the best value tried is the largest or smallest): minilm last+adam " \
+           "(`freeze.lr_scale=20.0`, largest)" in text({"5.0": 0.80, "10.0": 0.82, "20.0": 0.84})
+    assert "(`freeze.lr_scale=3`, smallest)" in text({"3": 0.84, "10": 0.82, "30": 0.80})
+    assert "Picks at an end" not in text({"5.0": 0.80, "10.0": 0.85, "20.0": 0.84})
+
+
 def test_the_report_names_the_picks_whose_budget_binds():
     from seqexp.report.verdict import budget_text, verdict_paragraphs
 
