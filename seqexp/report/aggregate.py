@@ -124,7 +124,6 @@ class Cell:
     candidates: list[Config]
     pick: Config | None
     reason: str = ""  # why there is no pick, or a note on it
-    selection_seeds: list[str] = field(default_factory=list)  # the seeds the candidates were compared on
 
     @property
     def label(self) -> str:
@@ -134,6 +133,11 @@ class Cell:
     def seeds(self) -> list[str]:
         """Every seed any candidate ran, in natural order."""
         return sorted({s for c in self.candidates for s in c.seeds}, key=_natural)
+
+    @property
+    def selection_seeds(self) -> list[str]:
+        """The seeds its candidates were compared on (:func:`selection_seeds`)."""
+        return selection_seeds(self.candidates)
 
 
 def selection_seeds(candidates: Sequence[Config]) -> list[str]:
@@ -145,8 +149,8 @@ def selection_seeds(candidates: Sequence[Config]) -> list[str]:
     return sorted(set.intersection(*scored), key=_natural) if scored else []
 
 
-def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str, list[str]]:
-    """The candidate with the best mean dev F1 on the selection seeds, a note, and those seeds.
+def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str]:
+    """The candidate with the best mean dev F1 on the selection seeds, and a note.
 
     Never looks at test metrics. Candidates are compared on the seeds they all have a dev score on
     (:func:`selection_seeds`), so a candidate run on more seeds than the others (the pick of a study that
@@ -160,10 +164,10 @@ def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str, li
     shared = selection_seeds(candidates)
     if len(candidates) == 1:
         only = candidates[0]
-        return only, "" if only.dev_seeds() else f"only candidate; no dev score ({DEV_METRIC})", shared
+        return only, "" if only.dev_seeds() else f"only candidate; no dev score ({DEV_METRIC})"
     eligible = [c for c in candidates if c.dev_seeds()]
     if not eligible:
-        return None, f"no candidate has a dev score ({DEV_METRIC} or a val_f1 history): nothing to select on", []
+        return None, f"no candidate has a dev score ({DEV_METRIC} or a val_f1 history): nothing to select on"
     seeds = {s for c in candidates for s in c.seeds}
     on = shared or None
     note = "" if shared else "its candidates share no seed with a dev score, so each was judged on its own seeds"
@@ -178,7 +182,7 @@ def pick_candidate(candidates: Sequence[Config]) -> tuple[Config | None, str, li
         note = (f"picked on seed{'s' if len(shared) > 1 else ''} {', '.join(shared)} (the seeds every candidate "
                 f"ran); seed{'s' if len(more) > 1 else ''} {', '.join(more)} of the pick {'were' if len(more) > 1 else 'was'} "
                 "not part of the choice")
-    return pick, note, shared
+    return pick, note
 
 
 def pick_overrides(cell: Cell) -> list[str] | None:
@@ -350,8 +354,8 @@ def group_configs(runs: Sequence[RunRecord], tuned: Iterable[str] = ()) -> Grid:
                     members.append(r)
             members.sort(key=lambda r: _natural(r.seed))
             candidates.append(Config(axes, members, group, strategy, dict(zip(tuned_present, cand))))
-        pick, reason, shared = pick_candidate(candidates)
-        cells.append(Cell(axes, group, strategy, candidates, pick, reason, shared))
+        pick, reason = pick_candidate(candidates)
+        cells.append(Cell(axes, group, strategy, candidates, pick, reason))
     picks = [c.pick for c in cells if c.pick is not None]
     return Grid(picks, shown, strategy_axes, extras, cells, tuned_present, repeated)
 
