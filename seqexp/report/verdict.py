@@ -121,7 +121,8 @@ def verdict_paragraphs(grid: Grid, comparisons: list[Comparison], tested: bool) 
         tally = Counter(b.strategy for b in best.values())
         parts = [f"{s} on {n} of {len(groups)} models" for s, n in tally.most_common()]
         out.append("Best strategy per model: " + ", ".join(parts) + ".")
-    if grid.binding_budgets():
-        out.append("Caveat: " + ", ".join(c.label for c, _, _ in grid.binding_budgets())
+    binding = grid.binding_budgets()
+    if binding:
+        out.append("Caveat: " + ", ".join(c.label for c, _, _ in binding)
                    + " were best at their last allowed epoch in some seed: their budget binds (section 1).")
     return out
