@@ -230,25 +230,36 @@ def _runs_of(client, experiment: str, fp: str) -> list:
                               order_by=["attributes.start_time DESC"], max_results=1000)
 
 
-def find_previous(client, experiment: str, uri: str, fp: str):
-    """The newest FINISHED run with this fingerprint; stale RUNNING ones (see ``stale``) are marked KILLED."""
-    runs = _runs_of(client, experiment, fp)
-    for run in runs:
-        why = stale(run) if run.info.status == "RUNNING" else None
+@dataclass
+class Standing:
+    """What the store holds for a fingerprint at one look: its newest FINISHED run (``done``) and the
+    RUNNING runs whose process lives (``live``, the earliest claim first)."""
+
+    done: Any = None
+    live: list = field(default_factory=list)
+
+
+def standing(client, experiment: str, fp: str) -> Standing:
+    """One search of the store for ``fp``; stale RUNNING runs (see ``stale``) are marked KILLED.
+
+    Both answers come from the same search. A run ends FINISHED without the store's lock, so two
+    searches could see it RUNNING in the first (not done) and FINISHED in the second (not live), and
+    the job was trained again (seen in CI: three concurrent sweeps, a job trained twice).
+    """
+    found = Standing()
+    for run in _runs_of(client, experiment, fp):
+        status = run.info.status
+        why = stale(run) if status == "RUNNING" else None
         if why is not None:
             log.warning("run %s (%s): %s: marking it KILLED", run.info.run_name, run.info.run_id, why)
             client.set_tag(run.info.run_id, "error", why)
             client.set_terminated(run.info.run_id, "KILLED")
-    for run in runs:
-        if run.info.status == "FINISHED":
-            return run
-    return None
-
-
-def _live_claims(client, experiment: str, fp: str) -> list:
-    """RUNNING runs of this fingerprint whose process lives, the earliest claim first."""
-    live = [r for r in _runs_of(client, experiment, fp) if r.info.status == "RUNNING" and stale(r) is None]
-    return sorted(live, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        elif status == "RUNNING":
+            found.live.append(run)
+        elif status == "FINISHED" and found.done is None:  # newest first
+            found.done = run
+    found.live.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return found
 
 
 def deliver_undelivered(client, cfg: DictConfig, fp: str, uri: str) -> None:
@@ -295,12 +306,11 @@ def claim_job(cfg: DictConfig, tracker, fp: str, name: str, axes: dict[str, str]
     tags = {**tags, "seqexp.claim": token, "seqexp.heartbeat": f"{time.time():.0f}"}
     with tracking.store_lock(uri):  # sqlite: look-up and creation are one step for every process
         deliver_undelivered(client, cfg, fp, uri)
-        previous = find_previous(client, experiment, uri, fp)
-        if previous is not None and not cfg.rerun:
-            return Claim(done=previous)
-        live = _live_claims(client, experiment, fp)
-        if live:
-            return Claim(holder=live[0])
+        seen = standing(client, experiment, fp)
+        if seen.done is not None and not cfg.rerun:
+            return Claim(done=seen.done)
+        if seen.live:
+            return Claim(holder=seen.live[0])
         resume = resume_point(cfg, client, fp) if not cfg.rerun else None
         tracker.start(cfg, name, axes, tags=tags, resume_run_id=resume.run_id if resume is not None else None)
         tracker.heartbeat(HEARTBEAT_S)
@@ -308,14 +318,16 @@ def claim_job(cfg: DictConfig, tracker, fp: str, name: str, axes: dict[str, str]
         return Claim(resume=resume)
     # A server store has no lock: every claimant created (or reopened) a run; the earliest one wins.
     time.sleep(CLAIM_SETTLE_S)
-    live = _live_claims(client, experiment, fp)
-    winner = live[0] if live else None
-    if winner is not None and winner.info.run_id == tracker.run_id and winner.data.tags.get("seqexp.claim") == token:
+    seen = standing(client, experiment, fp)
+    winner = seen.live[0] if seen.live else None
+    finished_meanwhile = seen.done is not None and not cfg.rerun  # an earlier claimant that already ended
+    if (not finished_meanwhile and winner is not None and winner.info.run_id == tracker.run_id
+            and winner.data.tags.get("seqexp.claim") == token):
         return Claim(resume=resume)
     lost = tracker.release()
     if resume is None:
         client.delete_run(lost)
-    return Claim(holder=winner)
+    return Claim(done=seen.done) if finished_meanwhile else Claim(holder=winner)
 
 
 def claimed_by(run) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests import warm
@@ -99,3 +100,31 @@ def test_two_identical_unfreeze_runs_at_once_train_once_and_never_share_the_chec
     assert len(trained) == 1 and len(skipped) == 1, logs
     assert "MLflow run" not in skipped[0]
     assert not (tmp_path / "checkpoints" / winner.data.tags["seqexp.fingerprint"]).exists()
+
+
+@pytest.mark.parametrize("after", [1, 2, 3])
+def test_a_claim_that_ends_finished_during_the_look_up_is_not_trained_again(tmp_path, mini_conll, monkeypatch, after):
+    """The other process ends its run FINISHED right after this one's ``after``-th search of the store for
+    the fingerprint (it needs no lock to end a run). Looked up in two searches, the run was RUNNING in
+    one (not done) and FINISHED in the next (no live claim), and the job trained a second time (CI:
+    three concurrent sweeps, one job trained twice). Whenever it ends, the job skips."""
+    me = {"seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid())}
+    search = MlflowClient.search_runs
+    searches: list[str] = []
+
+    def search_then_the_other_ends(self, experiment_ids, filter_string="", *args, **kwargs):
+        found = search(self, experiment_ids, filter_string, *args, **kwargs)
+        if "seqexp.fingerprint" in filter_string:
+            searches.append(filter_string)
+            other = [r for r in found if r.info.run_name == "other" and r.info.status == "RUNNING"]
+            if len(searches) == after and other:
+                self.set_terminated(other[0].info.run_id, "FINISHED")
+        return found
+
+    monkeypatch.setattr(MlflowClient, "search_runs", search_then_the_other_ends)
+    client, other, tracker, claim = _claim(tmp_path, mini_conll, me)
+    monkeypatch.undo()
+    assert tracker.run_id is None, f"the job claimed a fingerprint that FINISHED after search {after} of {len(searches)}"
+    seen = claim.holder or claim.done  # live when it looked before the end, done after
+    assert seen is not None and seen.info.run_id == other
+    assert [r.info.run_id for r in client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])] == [other]

@@ -115,7 +115,7 @@ def test_signal_during_training_leaves_the_run_killed_with_its_metrics(work, min
 
 
 def test_sigkill_mid_run_leaves_it_running_until_the_next_run_of_that_job(work, mini_conll):
-    from seqexp.sweep import find_previous, fingerprint
+    from seqexp.sweep import fingerprint, standing
 
     overrides = ["fault.kind=kill", "fault.step=2", "freeze=last", "trainer.max_epochs=1",
                  f"dataset.data_dir={mini_conll}", *FAST]
@@ -126,11 +126,11 @@ def test_sigkill_mid_run_leaves_it_running_until_the_next_run_of_that_job(work, 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("seqexp").experiment_id])
     assert run.info.status == "RUNNING"  # power loss: nothing could be recorded
-    # The next run of this job looks it up first (seqexp.sweep.find_previous), finds its process dead,
+    # The next run of this job looks it up first (seqexp.sweep.standing), finds its process dead,
     # and marks it KILLED before running the job again.
     fp = fingerprint(compose([*overrides, f"tracking.uri={uri}"]))
     assert run.data.tags["seqexp.fingerprint"] == fp
-    assert find_previous(client, "seqexp", uri, fp) is None
+    assert standing(client, "seqexp", fp).done is None
     dead = client.get_run(run.info.run_id)
     assert dead.info.status == "KILLED"
     assert dead.data.tags["error"] == f"process {run.data.tags['seqexp.pid']} died while the run was RUNNING"

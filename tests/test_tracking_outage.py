@@ -421,3 +421,43 @@ def test_a_claim_on_a_server_store_loses_to_an_earlier_concurrent_claim(tmp_path
     with again:
         pass
     assert client.get_run(again.run_id).info.status == "FINISHED"
+
+
+def test_a_claim_on_a_server_store_yields_to_an_earlier_claim_that_finished_while_it_settled(tmp_path, server, monkeypatch):
+    """The earlier claimant trained and ended FINISHED before this one's settle was over: no live claim is
+    left, and this one must not win by default; it deletes its run and skips as done."""
+    import threading
+
+    from seqexp import sweep
+    from seqexp.sweep import claim_job, fingerprint
+    from seqexp.tracking import RunTracker
+
+    monkeypatch.setattr(sweep, "CLAIM_SETTLE_S", 5.0)
+    server.ensure_up()
+    cfg = compose(["model=tiny-bert", f"tracking.uri={server.url}", f"tracking.experiment={tmp_path.name}"])
+    fp = fingerprint(cfg)
+    tags = {"seqexp.fingerprint": fp, "seqexp.host": socket.gethostname(), "seqexp.pid": str(os.getpid())}
+    client = MlflowClient(server.url)
+    competitor: dict = {}
+
+    def earlier_claimant_that_finishes() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not competitor:
+            exp = client.get_experiment_by_name(tmp_path.name)
+            mine = client.search_runs([exp.experiment_id]) if exp else []
+            if mine:
+                run = client.create_run(exp.experiment_id, start_time=mine[0].info.start_time - 1,
+                                        run_name="other", tags=tags)
+                client.set_terminated(run.info.run_id, "FINISHED")
+                competitor["run_id"] = run.info.run_id
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=earlier_claimant_that_finishes)
+    thread.start()
+    tracker = RunTracker(server.url, tmp_path.name)
+    claim = claim_job(cfg, tracker, fp, "mine", {"model": "tiny-bert"}, tags)
+    thread.join()
+    assert tracker.run_id is None, "trained a job that an earlier claim had already FINISHED"
+    assert claim.done is not None and claim.done.info.run_id == competitor["run_id"]
+    exp = client.get_experiment_by_name(tmp_path.name)
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [competitor["run_id"]]

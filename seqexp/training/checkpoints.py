@@ -95,7 +95,7 @@ def read_saved_state(path: Path) -> SavedState | None:
 def find_resumable(mlflow_client, experiment: str, path: Path) -> SavedState | None:
     """The checkpoint at ``path`` if its MLflow run, in this experiment, ended KILLED or FAILED.
 
-    A run left RUNNING by a dead process counts once ``seqexp.sweep.find_previous`` has
+    A run left RUNNING by a dead process counts once ``seqexp.sweep.standing`` has
     marked it KILLED. A RUNNING run whose process lives is never resumed twice.
     """
     saved = read_saved_state(path)
