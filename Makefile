@@ -2,6 +2,7 @@
 #   make demo    the offline demo study: real CoNLL-2003, real MiniLM weights, MLflow sqlite, report
 #   make demo-2x the demo with every max_epochs budget doubled (is any verdict the budget's?)
 #   make strategies  the strategies study: MiniLM x every fine-tuning strategy, LR tuned on seed 1, 3 seeds (hours; resumable)
+#   make strategies-2x  its budget check: each strategy's pick with max_epochs doubled, 3 seeds (hours; resumable)
 #   make test    the test suite
 #   make test-extended  the tests outside make test, which .ci/run runs after it: the real SLURM cluster,
 #                PostgreSQL, Ray, and the slowest end-to-end paths (each covered in make test by a faster test)
@@ -25,11 +26,11 @@ SERVER_DIR ?= .seqexp-server
 # The store the study targets write and read: MLFLOW_TRACKING_URI where the environment sets it (a team's server),
 # else $(MLFLOW_DB). Exported to their runs, so a study's runs and its report always use the same store.
 STORE := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(abspath $(MLFLOW_DB)))
-demo demo-2x strategies run report ui screenshots: export MLFLOW_TRACKING_URI = $(STORE)
+demo demo-2x strategies strategies-2x run report ui screenshots: export MLFLOW_TRACKING_URI = $(STORE)
 
 EXP ?= demo
 
-.PHONY: install test test-extended demo demo-2x strategies run report ui screenshots server bench clean
+.PHONY: install test test-extended demo demo-2x strategies strategies-2x run report ui screenshots server bench clean
 
 install: .venv/.installed
 
@@ -81,6 +82,16 @@ strategies: install
 	while read -r picked; do eval "$(PY) -m seqexp.run -m $$picked seed=2,3" < /dev/null || f=1; \
 	  done < $$picks; rm -f $$picks; \
 	$(PY) -m seqexp.report strategies --uri $$MLFLOW_TRACKING_URI && exit $$((a | b | c | d | e | f))
+
+# The budget check of make strategies (run it after): each strategy's pick (its tuned learning rate) with its
+# max_epochs doubled, on seeds 1-3, as experiment strategies-2x, and its report. A verdict that changes here was
+# the budget's, not the strategy's.
+strategies-2x: install
+	picks=$$(mktemp); $(PY) -m seqexp.report strategies --picks --budget-factor 2 --uri $$MLFLOW_TRACKING_URI \
+	  > $$picks; f=$$?; \
+	while read -r picked; do eval "$(PY) -m seqexp.run -m $$picked seed=1,2,3 tracking.experiment=strategies-2x" \
+	  < /dev/null || f=1; done < $$picks; rm -f $$picks; \
+	$(PY) -m seqexp.report strategies-2x --uri $$MLFLOW_TRACKING_URI && exit $$f
 
 run: install
 	$(PY) -m seqexp.run $(ARGS)

@@ -146,6 +146,19 @@ def test_a_study_tuned_on_one_seed_runs_its_picks_on_more_seeds(tmp_path, mini_c
         assert cell.pick.values("best_val_f1", ["1"]) >= other.values("best_val_f1")  # chosen on seed 1 alone
         (line,) = [ln for ln in lines if f"freeze={cell.axes['freeze']}" in shlex.split(ln)]
         assert f"freeze.lr_scale={cell.pick.tuned['freeze.lr_scale']}" in shlex.split(line)
+    # make strategies-2x: the picks with their budget doubled (the study's trainer.max_epochs=1 becomes 2), run
+    # as another experiment
+    doubled = warm.run([sys.executable, "-m", "seqexp.report", "seqexp", "--picks", "--budget-factor", "2"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert doubled.returncode == 0, doubled.stderr[-3000:]
+    assert [ln.replace("trainer.max_epochs=2", "trainer.max_epochs=1") for ln in doubled.stdout.splitlines()] == lines
+    (head,) = [ln for ln in doubled.stdout.splitlines() if "freeze=last" in shlex.split(ln)]
+    check = sweep(tmp_path, *shlex.split(head), "seed=1", "tracking.experiment=seqexp-2x")
+    assert check.returncode == 0, check.stderr[-4000:]
+    _, _, (run,) = runs(tmp_path, "seqexp-2x")
+    assert run.info.status == "FINISHED" and run.data.metrics["max_epochs"] == 2
+    assert run.data.params["freeze.lr_scale"] == next(c for c in grid.cells if c.axes["freeze"] == "last").pick.tuned[
+        "freeze.lr_scale"]
 
 
 def check_report_of_real_sweep(cwd: Path, sweep_id: str, children) -> None:

@@ -47,14 +47,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="write no report: for each cell whose pick is the largest or smallest of 3 or more numeric "
                         "candidates, print the overrides of one more candidate past that end (the grid's ratio "
                         "continued) on the selection seeds, one line per cell")
-    return p.parse_args(argv)
+    p.add_argument("--budget-factor", type=float, default=None, metavar="F",
+                   help="with --picks: each pick's epoch budget (max_epochs) times F, e.g. 2 for the budget check "
+                        "(rerun the picks with every budget doubled: does a verdict change?)")
+    args = p.parse_args(argv)
+    if args.budget_factor is not None and (not args.picks or args.beyond_edges):
+        p.error("--budget-factor goes with --picks (and not with --beyond-edges)")
+    if args.budget_factor is not None and not args.budget_factor > 0:
+        p.error(f"--budget-factor must be a positive number, not {args.budget_factor:g}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tuned = [k.strip() for k in args.tuned.split(",") if k.strip()]
     if args.picks or args.beyond_edges:
-        return print_picks(args.uri, args.target, tuned, edges=args.beyond_edges)
+        return print_picks(args.uri, args.target, tuned, edges=args.beyond_edges, budget_factor=args.budget_factor)
     out = args.out if args.out is not None else default_out_dir(args.target)
     try:
         md = build_report(args.uri, args.target, out, bootstrap=args.bootstrap, seed=args.seed,
@@ -69,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_picks(uri: str, target: str, tuned: list[str], edges: bool = False) -> int:
+def print_picks(uri: str, target: str, tuned: list[str], edges: bool = False,
+                budget_factor: float | None = None) -> int:
     """One line per cell on stdout, shell-quoted: the overrides of its pick's run on a selection seed (without
-    ``seed=``), or with ``edges`` those of one more candidate past the end of the grid where the pick lies
-    (only for such cells)."""
-    from seqexp.report.aggregate import beyond_edge, pick_overrides
+    ``seed=``), with ``budget_factor`` its epoch budget scaled, or with ``edges`` those of one more candidate
+    past the end of the grid where the pick lies (only for such cells)."""
+    from seqexp.report.aggregate import beyond_edge, pick_overrides, scaled_budget
     from seqexp.report.build import collect_report
 
     try:
@@ -82,7 +91,12 @@ def print_picks(uri: str, target: str, tuned: list[str], edges: bool = False) ->
         print(f"seqexp.report: error: {exc}", file=sys.stderr)
         return 2
     for cell in grid.cells:
-        overrides = (beyond_edge if edges else pick_overrides)(cell)
+        if edges:
+            overrides = beyond_edge(cell)
+        elif budget_factor is not None:
+            overrides = scaled_budget(cell, budget_factor)
+        else:
+            overrides = pick_overrides(cell)
         if overrides is not None:
             print(" ".join(shlex.quote(o) for o in overrides))
         elif not edges:

@@ -196,6 +196,25 @@ def pick_overrides(cell: Cell) -> list[str] | None:
     return None
 
 
+def scaled_budget(cell: Cell, factor: float) -> list[str] | None:
+    """The pick's overrides (:func:`pick_overrides`) with its epoch budget times ``factor``: the budget check.
+
+    The budget is the pick's ``max_epochs`` (logged, or its ``trainer.max_epochs`` param). A ``trainer.max_epochs``
+    override in the pick's own overrides is scaled where it stands (it overrides every strategy's budget); else
+    ``freeze.max_epochs`` (the strategy's own), in place of the pick's or appended. None without overrides or a
+    budget.
+    """
+    base = pick_overrides(cell)
+    budgets = {r.metrics["max_epochs"] for r in cell.pick.runs if "max_epochs" in r.metrics} if base else set()
+    if base is None or len(budgets) != 1:
+        return None
+    epochs = max(1, round(budgets.pop() * factor))
+    key = "trainer.max_epochs" if any(o.startswith("trainer.max_epochs=") for o in base) else "freeze.max_epochs"
+    if any(o.startswith(f"{key}=") for o in base):
+        return [f"{key}={epochs}" if o.startswith(f"{key}=") else o for o in base]
+    return [*base, f"{key}={epochs}"]
+
+
 def grid_edge(cell: Cell) -> tuple[str, float, float] | None:
     """(key, pick's value, its neighbour's) when ``cell``'s pick is the largest or smallest value of its grid.
 

@@ -365,6 +365,30 @@ def test_a_study_tuned_on_one_seed_keeps_its_pick_and_prints_it_for_the_other_se
     assert capsys.readouterr().out.splitlines() == ["freeze=last optim.lr=1e-2", "freeze=unfreeze optim.lr=1e-4"]
     assert main(["sel", "--uri", s["uri"], "--beyond-edges"]) == 0  # 1e-2 lies between 1e-3 and 5e-2
     assert capsys.readouterr().out == ""
+    # the budget check: each pick with its own max_epochs (BUDGET: last 20, unfreeze 4) doubled
+    assert main(["sel", "--uri", s["uri"], "--picks", "--budget-factor", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["freeze=last optim.lr=1e-2 freeze.max_epochs=40",
+                                                    "freeze=unfreeze optim.lr=1e-4 freeze.max_epochs=8"]
+    for bad in (["--budget-factor", "2"], ["--picks", "--budget-factor", "0"]):
+        with pytest.raises(SystemExit):
+            main(["sel", "--uri", s["uri"], *bad])
+    assert "--budget-factor" in capsys.readouterr().err
+
+
+def test_the_budget_check_scales_the_budget_the_pick_ran_with(tmp_path):
+    """A pick whose overrides set the budget gets that override scaled (not a second one after it): freeze's own,
+    or trainer.max_epochs, which overrides every strategy's."""
+    from seqexp.report.aggregate import scaled_budget
+
+    s = make_store(tmp_path)
+    client = s["client"]
+    for seed in ("1", "2", "3"):
+        client.set_tag(s["ids"][("last", "1e-2", seed)], "overrides", f"seed={seed} freeze=last freeze.max_epochs=20")
+        client.set_tag(s["ids"][("unfreeze", "1e-4", seed)], "overrides", f"seed={seed} trainer.max_epochs=4 freeze=unfreeze")
+    cells = {c.pick.axes["freeze"]: c for c in collect_report(s["uri"], "sel", bootstrap=0).grid.cells}
+    assert scaled_budget(cells["last"], 2) == ["freeze=last", "freeze.max_epochs=40"]
+    assert scaled_budget(cells["unfreeze"], 1.5) == ["trainer.max_epochs=6", "freeze=unfreeze"]
+    assert scaled_budget(cells["unfreeze"], 1) == ["trainer.max_epochs=4", "freeze=unfreeze"]
 
 
 def test_swapping_test_metrics_in_mlflow_keeps_the_pick_and_the_flag_equals_the_tag(tmp_path, capsys):
