@@ -31,7 +31,7 @@ CATEGORIES = (  # first match wins: (category, substrings of the aten operator's
     ("softmax (forward and backward)", ("softmax",)),
     ("layer norm (forward and backward)", ("layer_norm",)),
     ("GELU (forward and backward)", ("gelu",)),
-    ("dropout (masks and scaling)", ("dropout", "bernoulli")),
+    ("dropout (masks and scaling)", ("dropout", "bernoulli", "random_")),
     ("embedding lookup and its gradient", ("embedding",)),
     ("loss (log-softmax, NLL)", ("log_softmax", "nll_loss")),
 )

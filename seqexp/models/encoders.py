@@ -21,7 +21,10 @@ Post-processing, and why:
   ``seqexp.data.encoding`` makes its own windows;
 * the model is built without a pooler (unused by tagging, it would only collect
   "unused parameter" complaints) and put in train mode, because
-  ``from_pretrained`` returns eval mode and dropout would silently stay off.
+  ``from_pretrained`` returns eval mode and dropout would silently stay off;
+* its dropout (hidden states and attention probabilities) draws its masks the cheap way on CPU
+  (``seqexp.models.dropout.use_fast_dropout``): the same Bernoulli masks, and full fine-tuning
+  of MiniLM 6.5% more real tokens/s (README, Speed).
 """
 
 from __future__ import annotations
@@ -301,6 +304,8 @@ def _load_from(where: str, *, local_files_only: bool) -> tuple[PreTrainedTokeniz
     """Tokenizer + headless model from a directory or hub id, post-processed for tagging."""
     from transformers import AutoModel, AutoTokenizer
 
+    from seqexp.models.dropout import use_fast_dropout
+
     # add_prefix_space: RoBERTa-family classes rebuild their byte-level pre-tokenizer
     # from it; classes that ignore it are patched by `_prefix_every_word` below.
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only, add_prefix_space=True)
@@ -318,6 +323,7 @@ def _load_from(where: str, *, local_files_only: bool) -> tuple[PreTrainedTokeniz
     except TypeError:  # a model class without the pooler switch
         model = AutoModel.from_pretrained(where, local_files_only=local_files_only)
     model.train()
+    use_fast_dropout(model)
     return tokenizer, model
 
 

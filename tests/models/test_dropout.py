@@ -71,3 +71,48 @@ def test_empty_and_non_contiguous_inputs():
     x = torch.randn(8, 6).t()
     y = FastDropout(0.5).train()(x)
     assert y.shape == x.shape and torch.all((y == 0) | torch.isclose(y, x * 2))
+
+
+def _qkv(batch=3, heads=2, length=7, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, length, dim, generator=g, requires_grad=True) for _ in range(3)]
+
+
+class _Module(nn.Module):  # what transformers passes as ``module``: an encoder's self-attention
+    is_causal = False
+
+
+def test_attention_is_softmax_attention_with_the_fast_dropout_mask():
+    """softmax(QK^T / sqrt(d) + mask) V with the probabilities dropped by fast_dropout's mask (the same
+    seed draws the same mask), padded keys never attended, and the gradient through that mask."""
+    from seqexp.models.dropout import attention, fast_dropout
+
+    q, k, v = _qkv()
+    keep = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    keep[1, ..., 5:] = False  # the second sentence has two padded positions
+    torch.manual_seed(3)
+    out, weights = attention(_Module(), q, k, v, keep, dropout=0.25)
+    assert weights is None and out.shape == (3, 7, 2, 8)
+    torch.manual_seed(3)
+    probs = torch.softmax((q @ k.transpose(-1, -2)) / 8 ** 0.5 + torch.where(keep, 0.0, float("-inf")), dim=-1)
+    expected = (fast_dropout(probs, 0.25) @ v).transpose(1, 2)
+    assert torch.allclose(out, expected, atol=1e-6)
+    g = torch.randn_like(out)
+    mine = torch.autograd.grad(out, (q, k, v), g)
+    theirs = torch.autograd.grad(expected, (q, k, v), g)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(mine, theirs))
+    assert (mine[2][1, :, 5:] == 0).all()  # padded values get no gradient: never attended
+
+
+def test_attention_without_dropout_is_transformers_sdpa_bit_for_bit():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from seqexp.models.dropout import attention
+
+    q, k, v = _qkv(seed=1)
+    keep = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    keep[0, ..., 6:] = False
+    for mask in (keep, None):
+        mine, _ = attention(_Module(), q, k, v, mask, dropout=0.0)
+        theirs, _ = sdpa_attention_forward(_Module(), q, k, v, mask, dropout=0.0)
+        assert torch.equal(mine, theirs)

@@ -117,6 +117,54 @@ def test_tiny_encoder_shape_mode_and_specials(built, name):
     assert embeddings_module(model) is model.embeddings
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_the_encoders_dropout_is_fast_dropout_with_eval_outputs_unchanged(built, name, monkeypatch):
+    """Every dropout of a loaded encoder is FastDropout with its p, its attention is seqexp's; in eval
+    mode (dev, test, the feature cache) the outputs are those of the same weights on transformers'
+    own SDPA attention with nn.Dropout, bit for bit; in training, dropout is on in the attention too."""
+    from torch import nn
+    from transformers import AutoModel
+
+    from seqexp.models import dropout as dropout_module
+    from seqexp.models.dropout import ATTENTION, FastDropout
+
+    enc = built[name][0]
+    model, tok = enc.model, enc.tokenizer
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert drops and all(type(m) is FastDropout for m in drops)
+    assert model.config._attn_implementation == ATTENTION
+    plain = AutoModel.from_pretrained(built[name][4] / "encoders" / Path(model.name_or_path).name,
+                                      attn_implementation="sdpa")
+    assert plain.config._attn_implementation == "sdpa"
+    assert not [m for m in plain.modules() if isinstance(m, FastDropout)]
+    batch = tok([["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]], is_split_into_words=True,
+                padding=True, return_tensors="pt")
+    model.eval()
+    try:
+        assert torch.equal(model(**batch).last_hidden_state, plain.eval()(**batch).last_hidden_state)
+        model.train()
+        torch.manual_seed(0)
+        a = model(**batch).last_hidden_state
+        torch.manual_seed(0)
+        assert torch.equal(a, model(**batch).last_hidden_state)  # seeded: the same masks
+        if model.config.hidden_dropout_prob > 0:  # ALBERT, as albert-base-v2, has none
+            assert not torch.allclose(a, plain(**batch).last_hidden_state)  # dropout is on
+        dropped = []  # the attention probabilities reach fast_dropout, once per layer
+
+        def recording(x, p):
+            dropped.append((tuple(x.shape), p))
+            return real(x, p)
+
+        real = dropout_module.fast_dropout
+        monkeypatch.setattr(dropout_module, "fast_dropout", recording)
+        model(**batch)
+        probs = [p for shape, p in dropped if shape[-2:] == (batch["input_ids"].shape[1],) * 2]
+        expected = model.config.attention_probs_dropout_prob
+        assert probs == ([expected] * model.config.num_hidden_layers if expected > 0 else [])
+    finally:
+        model.train()
+
+
 def test_tiny_roberta_keeps_roberta_position_offset(built):
     enc = built["tiny-roberta"][0]
     assert enc.tokenizer.pad_token_id == 1  # as in roberta-base
