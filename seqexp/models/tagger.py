@@ -96,6 +96,7 @@ class Tagger(L.LightningModule):
         trained = {id(p) for n, p in base.named_parameters() if n in ever}
         trained |= {id(p) for p in head.parameters()} | {id(p) for p in (mixer.parameters() if mixer else ())}
         self.never_trained = {n for n, p in self.named_parameters() if id(p) not in trained}
+        self.encoder_ever_trains = bool(ever)  # in some phase (gradual, lp_ft: not in the first)
         self.strict_loading = not self.never_trained
         self.phase = -1
         self._eval_modules: list[nn.Module] = []

@@ -22,8 +22,9 @@ fixed threshold: in the same measurement a head-only job after it took 35.7 s in
 (+8%, the rounds' ranges overlapping), with a lower process peak. That is why the default is
 ``null``: nothing is set, and every job gets glibc's own behaviour.
 
-Only while an encoder trains on the CPU: with ``freeze=last`` nothing big is kept for a
-backward pass, and GPU activations are not host memory. Linux with glibc only; elsewhere
+Only while fitting a strategy whose encoder trains on the CPU, in any of its phases (``gradual`` and
+``lp_ft`` start with the head alone): with ``freeze=last`` nothing big is kept for a backward pass, and
+GPU activations are not host memory. Linux with glibc only; elsewhere
 this does nothing.
 """
 
@@ -58,7 +59,7 @@ class MmapThreshold(L.Callback):
         self.active = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.strategy.root_device.type == "cpu" and getattr(pl_module, "encoder_trains", False):
+        if trainer.strategy.root_device.type == "cpu" and getattr(pl_module, "encoder_ever_trains", False):
             self.active = set_mmap_threshold(self.nbytes)
             log.debug("glibc mmap threshold %d bytes: %s", self.nbytes, self.active)
 

@@ -44,7 +44,8 @@ class _Seen(L.Callback):
 
 
 @glibc
-@pytest.mark.parametrize("freeze, mib, expected", [("unfreeze", 1, [True]), ("last", 1, [False]), ("unfreeze", None, [])])
+@pytest.mark.parametrize("freeze, mib, expected", [("unfreeze", 1, [True]), ("last", 1, [False]), ("unfreeze", None, []),
+                                                   ("gradual", 1, [True])])  # its encoder trains from phase 2
 def test_fixed_only_while_an_encoder_trains_on_cpu(mini_conll, freeze, mib, expected):
     cfg = compose(["model=tiny-bert", f"freeze={freeze}", f"dataset.data_dir={mini_conll}", "trainer.max_epochs=1",
                    "trainer.limit_train_batches=1", "trainer.val_every_n_epochs=0",
