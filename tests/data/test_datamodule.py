@@ -35,6 +35,26 @@ def test_grouping_cuts_padding_and_epochs_differ():
     assert list(LengthGroupedBatches(lengths, 32, seed=1)) == first
 
 
+def _globally_sorted(lengths, batches) -> bool:
+    """Whether the batches are consecutive runs of one length-sorted order (they came from one pool)."""
+    runs = sorted(batches, key=lambda b: (-max(lengths[i] for i in b), -min(lengths[i] for i in b)))
+    seq = [lengths[i] for b in runs for i in b]
+    return seq == sorted(seq, reverse=True)
+
+
+def test_a_short_remainder_joins_the_pool_before_it():
+    """Pools are 50 batches of windows; a last pool under half that would make badly padded batches of its own,
+    so it is sorted together with the pool before it. A remainder of half a pool or more stays a pool."""
+    rng = random.Random(2)
+    lengths = [rng.randint(3, 120) for _ in range(2400)]
+    merged = list(LengthGroupedBatches(lengths[:2000], 32, seed=1))  # 1,600 + 400: one pool of 2,000
+    assert _globally_sorted(lengths, merged)
+    assert sorted(i for b in merged for i in b) == list(range(2000)) and len(merged) == 63
+    kept = list(LengthGroupedBatches(lengths, 32, seed=1))  # 1,600 + 800: two pools
+    assert not _globally_sorted(lengths, kept)
+    assert sorted(i for b in kept for i in b) == list(range(2400))
+
+
 def test_eval_order_is_sorted_and_complete():
     lengths = [5, 50, 7, 30, 2]
     batches = list(LengthGroupedBatches(lengths, 2, seed=0, shuffle=False))
