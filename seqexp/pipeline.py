@@ -107,7 +107,7 @@ def use_feature_cache(encoder, dm, cfg: DictConfig, cache_dir: Path, every_phase
 
 def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
     """The Lightning Trainer of ``cfg``. With ``strategy`` (a ``seqexp.strategies.Strategy``): its callbacks
-    (phase changes) come first, and early stopping waits until its last phase has started."""
+    (phase changes) come first."""
     import lightning.pytorch as L
     from lightning.pytorch.callbacks import Checkpoint
 
@@ -135,7 +135,7 @@ def make_trainer(cfg: DictConfig, callbacks=(), strategy=None):
     try:
         return L.Trainer(
             max_epochs=t.max_epochs, max_steps=t.max_steps,
-            min_epochs=getattr(strategy, "min_epochs", None), min_steps=getattr(strategy, "min_steps", None), max_time=t.max_time,
+            max_time=t.max_time,
             accelerator=t.accelerator, devices=t.devices if distributed.processes(t) > 1 else 1,
             strategy=distributed.lightning_strategy(t), precision=t.precision,
             # Several processes: LengthGroupedBatches shares every batch out itself; Lightning's

@@ -50,16 +50,6 @@ class Strategy:
     def check(self, cfg) -> None:
         """Raise ConfigError naming the key for a value this strategy cannot use (the whole config is given)."""
 
-    @property
-    def min_epochs(self) -> int | None:
-        """Epochs that run before early stopping may end the run (every phase must get its turn)."""
-        return None
-
-    @property
-    def min_steps(self) -> int | None:
-        """Optimizer steps that run before early stopping may end the run (phases counted in steps)."""
-        return None
-
     # -- build time ----------------------------------------------------------------------------------
     def prepare(self, encoder: nn.Module) -> nn.Module:
         """The encoder the Tagger runs: this one, or a wrapper of it."""

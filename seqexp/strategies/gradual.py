@@ -12,7 +12,7 @@ strategy trains in any phase, so a run resumed after an unfreeze rebuilds the op
 same groups and restores the trained blocks, not the pretrained ones.
 
 ALBERT (one shared block): phase 1 unfreezes the shared block, phase 2 the embeddings.
-Early stopping waits until the last phase has started (``min_epochs``).
+Early stopping counts only the dev evaluations of the last phase (``seqexp.training.selection``).
 """
 
 from __future__ import annotations
@@ -35,18 +35,6 @@ class Gradual(Strategy):
             whole_number(self.every_n_epochs, "freeze.every_n_epochs", 1)
         else:
             whole_number(self.every_n_steps, "freeze.every_n_steps", 1)
-
-    @property
-    def min_epochs(self):
-        if self.every_n_epochs is None:
-            return None
-        return (self.phases - 1) * self.every_n_epochs + 1
-
-    @property
-    def min_steps(self):
-        if self.every_n_steps is None:
-            return None
-        return (self.phases - 1) * self.every_n_steps + 1
 
     def prepare(self, encoder):
         self.phases = len(blocks(encoder)) + 2

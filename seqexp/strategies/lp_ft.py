@@ -32,10 +32,6 @@ class LinearProbeFineTune(Unfreeze):
         if not isinstance(s, (int, float)) or isinstance(s, bool) or not s > 0:
             raise ConfigError(f"`freeze.probe_lr_scale`: must be a positive number, got {s!r}")
 
-    @property
-    def min_epochs(self):
-        return self.probe_epochs + 1
-
     def trainable(self, encoder, phase):
         return super().trainable(encoder, phase) if phase else set()
 

@@ -9,7 +9,10 @@ Both halves are Lightning's own callbacks:
   folder, beside ``last.ckpt``). Frozen weights are left out of it, as of every checkpoint
   (``Tagger.on_save_checkpoint``), so a head-only run's best weights are kilobytes.
 - :class:`~lightning.pytorch.callbacks.EarlyStopping` ends ``fit`` after ``trainer.patience``
-  dev evaluations without a gain above ``trainer.min_delta``.
+  dev evaluations without a gain above ``trainer.min_delta``, counting only those of the strategy's
+  last phase (:class:`LastPhaseEarlyStopping`): ``gradual`` and ``lp_ft`` train the whole encoder
+  only in their last phase, and the head-only evaluations before it say nothing about when that
+  phase has converged.
 
 Their state (best score, best path, evaluations without a gain) is part of ``last.ckpt``, so a
 killed run that resumes picks the same best epoch as an uninterrupted one. The test set is
@@ -25,6 +28,25 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from seqexp.training.checkpoints import BEST
 
 
+class LastPhaseEarlyStopping(EarlyStopping):
+    """Lightning's ``EarlyStopping``, blind to dev evaluations made before the strategy's last phase.
+
+    Before, the strategies with phases set the Trainer's ``min_epochs``/``min_steps`` to the start of their last
+    phase. But Lightning latches a stop decision: patience running out during an earlier phase set
+    ``trainer.should_stop`` for good, and the run ended as soon as ``min_epochs`` was met, even though dev F1
+    had improved since (Lightning issue #19966, open). In the strategies study with every budget doubled, an
+    ``lp_ft`` run whose probe stalled for two epochs stopped after its first fine-tuning epoch, 6 of 16.
+    Here the earlier evaluations are not looked at at all: the last phase starts with a full patience and
+    the best score of its own evaluations.
+    """
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        strategy = getattr(pl_module, "strategy", None)
+        if strategy is not None and pl_module.phase < strategy.phases - 1:
+            return
+        super().on_validation_end(trainer, pl_module)
+
+
 def callbacks(trainer_cfg, folder: Path) -> tuple[ModelCheckpoint, list]:
     """(the best-weights saver, every selection callback) for ``trainer_cfg``."""
     best = ModelCheckpoint(dirpath=folder, filename=Path(BEST).stem, monitor=trainer_cfg.monitor, mode="max",
@@ -32,7 +54,7 @@ def callbacks(trainer_cfg, folder: Path) -> tuple[ModelCheckpoint, list]:
                            auto_insert_metric_name=False)
     out: list = [best]
     if trainer_cfg.early_stopping:
-        out.append(EarlyStopping(monitor=trainer_cfg.monitor, mode="max", patience=trainer_cfg.patience,
+        out.append(LastPhaseEarlyStopping(monitor=trainer_cfg.monitor, mode="max", patience=trainer_cfg.patience,
                                  min_delta=trainer_cfg.min_delta, check_on_train_epoch_end=False, verbose=False))
     return best, out
 

@@ -65,7 +65,7 @@ def test_gradual_unfreezes_one_block_per_epoch_top_down(mini_conll):
     rates = Rates()
     trainer = make_trainer(cfg, callbacks=[rates], strategy=built.tagger.strategy)
     trainer.fit(built.tagger, datamodule=built.datamodule)
-    assert built.tagger.strategy.phases == 4 and built.tagger.strategy.min_epochs == 4
+    assert built.tagger.strategy.phases == 4
     total = trainer.estimated_stepping_batches
     step = 0
     for epoch, phase, lr in rates.seen:
@@ -155,7 +155,7 @@ def test_strategy_config_errors_name_the_key(override, key):
 
 def test_early_stopping_waits_for_the_last_phase(mini_conll, tmp_path):
     """Gradual unfreezing by steps: early stopping that would end the run after 2 epochs waits until every
-    block and the embeddings have trained (Trainer min_steps from the strategy)."""
+    block and the embeddings have trained (it counts only the last phase's dev evaluations)."""
     from seqexp.training import selection
 
     cfg = cfg_for("tiny-bert", "gradual", mini_conll, "freeze.every_n_epochs=null", "freeze.every_n_steps=3",
@@ -167,3 +167,30 @@ def test_early_stopping_waits_for_the_last_phase(mini_conll, tmp_path):
     trainer.fit(built.tagger, datamodule=built.datamodule)
     assert trainer.global_step >= 10 and built.tagger.phase == 3  # 4 phases, 3 steps each before the last
     assert trainer.current_epoch < 8  # and then it stopped early
+
+
+def test_early_stopping_gives_the_last_phase_its_whole_patience(mini_conll, tmp_path):
+    """lp_ft whose probe stalls (its head barely learns, so dev F1 stays put for patience evaluations): early
+    stopping must neither end the run at the first fine-tuning epoch (Lightning latches a stop decided during
+    the probe: issue #19966) nor count the probe's evaluations. With patience 2, the first fine-tuning
+    evaluation sets the bar and two more are needed to stop: the run uses its whole budget of 3 + 3 epochs."""
+    from seqexp.training import selection
+
+    class Seen(L.Callback):
+        def __init__(self):
+            self.at_phase_start = None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # the phase's first step
+            if module.phase == 1 and self.at_phase_start is None:
+                stopper = next(c for c in trainer.callbacks if isinstance(c, selection.LastPhaseEarlyStopping))
+                self.at_phase_start = (trainer.should_stop, stopper.wait_count)
+
+    cfg = cfg_for("tiny-bert", "lp_ft", mini_conll, "freeze.probe_epochs=3", "freeze.probe_lr_scale=1e-12",
+                  "trainer.max_epochs=6", "trainer.early_stopping=true", "trainer.patience=2")
+    built = build(cfg)
+    _, selecting = selection.callbacks(cfg.trainer, tmp_path)
+    seen = Seen()
+    trainer = make_trainer(cfg, callbacks=[*selecting, seen], strategy=built.tagger.strategy)
+    trainer.fit(built.tagger, datamodule=built.datamodule)
+    assert seen.at_phase_start == (False, 0)
+    assert trainer.current_epoch == 6 and not selection.early_stopped(trainer)
