@@ -119,8 +119,9 @@ class Collator:
     when fitting starts; the dev split is then encoded by the first dev evaluation, not
     before training).
 
-    Every window's lists are packed once, at the first batch, into one flat tensor per field;
-    a batch then pads views of them. Building small tensors window by window cost 5 ms a
+    Every window's lists are packed once, at the first batch, into one flat tensor per field
+    (once per process and window list: later jobs of a sweep reuse it, ``memo.packed``); a
+    batch then pads views of them. Building small tensors window by window cost 5 ms a
     batch on CPU, as much as a head-only training step itself.
     """
 
@@ -133,7 +134,7 @@ class Collator:
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         if self._packed is None:
-            self._packed = _PackedWindows(self.windows)
+            self._packed = memo.packed(self.windows, _PackedWindows)
         if callable(self.features):
             self.features = self.features()
         packed, idx = self._packed, torch.tensor(indices)

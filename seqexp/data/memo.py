@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _SPLITS: OrderedDict[str, dict] = OrderedDict()
 _WINDOWS: OrderedDict[tuple, tuple[Sequence, list]] = OrderedDict()
+_PACKED: OrderedDict[int, tuple[Sequence, Any]] = OrderedDict()
 _MAX_SPLITS, _MAX_WINDOWS = 2, 12
 
 
@@ -86,3 +87,13 @@ def windows(sentences: Sequence, tokenizer: Any, label_to_id: Mapping[str, int],
         _WINDOWS.move_to_end(key)
         return hit[1]
     return _remember(_WINDOWS, key, (sentences, encode()), _MAX_WINDOWS)[1]
+
+
+def packed(windows: Sequence, pack: Callable[[Sequence], Any]) -> Any:
+    """``pack(windows)``, or what an earlier job packed from this very window list (``windows()`` hands every job
+    of the process the same list). Packing CoNLL-2003's windows for a collator took 40 ms a job."""
+    hit = _PACKED.get(id(windows))
+    if hit is not None and hit[0] is windows:  # the same list object, not a recycled id
+        _PACKED.move_to_end(id(windows))
+        return hit[1]
+    return _remember(_PACKED, id(windows), (windows, pack(windows)), _MAX_WINDOWS)[1]

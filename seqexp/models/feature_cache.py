@@ -72,7 +72,7 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
         h.update(config.to_json_string(use_diff=False).encode())
     for name, tensor in [*encoder.state_dict().items()]:
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
     return h.hexdigest()[:20]
 
 

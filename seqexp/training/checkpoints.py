@@ -174,7 +174,7 @@ def frozen_fingerprint(module: torch.nn.Module, keys: set[str]) -> str:
     for name in sorted(keys):
         tensor = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes())
+        h.update(tensor.view(torch.uint8).numpy())  # the buffer itself: no copy
     return h.hexdigest()[:20]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import torch
 from omegaconf import OmegaConf
 
 from seqexp.data import memo
@@ -73,3 +74,19 @@ def test_windows_are_reused_only_for_the_same_sentences_tokenizer_and_settings(m
     get(list(sentences), bert)  # equal content, but another list: not assumed to be the same split
     assert len(calls) == 6
     assert get(sentences, bert, max_length=32) == encode_split(sentences, bert, labels, 32, overlap=False)
+
+
+def test_collators_of_later_jobs_reuse_the_packed_windows_of_the_same_window_list(mini_conll):
+    from seqexp.data.datamodule import Collator
+
+    sentences = read_conll(mini_conll / "eng.train", word_col=0, tag_col=3)
+    labels = {t: i for i, t in enumerate(sorted({t for s in sentences for t in s.tags}))}
+    tok = load_encoder(OmegaConf.load(REPO / "conf/model/tiny-bert.yaml"), sentences,
+                       REPO / ".cache" / "seqexp-test").tokenizer
+    windows = encode_split(sentences, tok, labels, 64, overlap=False)
+    first, later, other = Collator(0, windows), Collator(0, windows), Collator(0, list(windows))
+    batches = [c([0, 2, 1]) for c in (first, later, other)]
+    assert later._packed is first._packed  # a later job's collator: packed once per window list
+    assert other._packed is not first._packed  # equal content, another list: packed on its own
+    for name, tensor in batches[0].items():
+        assert torch.equal(batches[1][name], tensor) and torch.equal(batches[2][name], tensor), name
