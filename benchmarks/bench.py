@@ -420,7 +420,7 @@ F1_ONLY = ("seqexp-full-s2", "ref-full-s2", "seqexp-full-s3", "ref-full-s3")
 # The sides --repeats runs again, in this order in each round: the matmul rate (this VM's speed drifts between
 # rounds, so each round's model FLOP/s share uses its own), then the full fine-tuning sides. P1 and the model
 # FLOP/s share are medians over the rounds.
-P1_SIDES = ("matmul", "seqexp-full", "ref-full", *(f"ref-best-full-w{w}" for w in REF_BEST_WORKERS))
+ROUND_SIDES = ("matmul", "seqexp-full", "ref-full", *(f"ref-best-full-w{w}" for w in REF_BEST_WORKERS))
 
 
 class RssByPhase:
@@ -552,11 +552,11 @@ def summarise(res: dict, spec: dict) -> tuple[dict, list[tuple[str, str, str, st
 
     sf, rf = res.get("seqexp-full", {}), res.get("ref-full", {})
     for name, r in (("seqexp", sf), ("reference", rf)):
-        if rounds(r):
-            s[f"{name}_full_real_tokens_per_s"] = median([tps(x) for x in rounds(r)])
-            s[f"{name}_full_model_flops_per_s"] = median([model_flops(x) / x["train_step_s"] for x in rounds(r)])
-            s[f"{name}_full_mfu_vs_fp32_matmul"] = median([mfu_of(x, k) for k, x in enumerate(rounds(r))])
-            s[f"{name}_full_real_tokens_per_s_rounds"] = [tps(x) for x in rounds(r)]
+        if rs := rounds(r):
+            s[f"{name}_full_real_tokens_per_s_rounds"] = [tps(x) for x in rs]
+            s[f"{name}_full_real_tokens_per_s"] = median(s[f"{name}_full_real_tokens_per_s_rounds"])
+            s[f"{name}_full_model_flops_per_s"] = median([model_flops(x) / x["train_step_s"] for x in rs])
+            s[f"{name}_full_mfu_vs_fp32_matmul"] = median([mfu_of(x, k) for k, x in enumerate(rs)])
     # Ratios round by round (each round's sides ran one after another), then their median.
     p1s = [ratio(tps(a), tps(b)) for a, b in zip(rounds(sf), rounds(rf))]
     p1 = median(p1s)
@@ -743,8 +743,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 50 sentences, 1 epoch (2 head-only), 200 dev/test sentences")
     p.add_argument("--repeats", type=int, default=1,
-                   help="rounds of the full fine-tuning sides (seqexp-full, ref-full, ref-best-full-w*), alternating "
-                        "after the first pass: P1 and the FLOP/s share are then medians over rounds (default 1)")
+                   help="rounds of the matmul rate and the full fine-tuning sides (seqexp-full, ref-full, "
+                        "ref-best-full-w*), one after another after the first pass: P1 and the FLOP/s share are "
+                        "then medians over rounds, each round's share over its own matmul rate (default 1)")
     p.add_argument("--only", default=None,
                    help="comma-separated subset of sides: " + ",".join(SIDES))
     p.add_argument("--force", action="store_true", help="go on even if the machine is not quiet")
@@ -809,8 +810,8 @@ def main() -> None:
                 res[side] = {**reused[side], "reused_from": str(args.reuse_f1)}
             elif side in only:
                 res[side] = run_child(side, spec, tmp)
-        for _ in range(1, args.repeats):  # more rounds of the P1 sides, one after another in each round
-            for side in (s for s in SIDES if s in P1_SIDES and s in only and "error" not in res.get(s, {})):
+        for _ in range(1, args.repeats):  # more rounds of ROUND_SIDES, one after another in each round
+            for side in (s for s in SIDES if s in ROUND_SIDES and s in only and "error" not in res.get(s, {})):
                 res[side].setdefault("more_rounds", []).append(run_child(side, spec, tmp))
     finally:
         if not args.keep_tmp:
