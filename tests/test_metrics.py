@@ -202,9 +202,11 @@ def test_conll2003_test_set_is_fast(conll2003_dir):
     labels = sorted({t for s in gold for t in s})
     rng = random.Random(1)
     pred = [[t if rng.random() < 0.9 else rng.choice(labels) for t in s] for s in gold]
-    start = time.perf_counter()
-    r = evaluate(gold, pred, "IOB2")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"evaluate took {elapsed:.2f}s"
+    elapsed = []  # the best of three: under make test's two workers one call once took 2.004 s (alone: 0.06-0.2 s)
+    for _ in range(3):
+        start = time.perf_counter()
+        r = evaluate(gold, pred, "IOB2")
+        elapsed.append(time.perf_counter() - start)
+    assert min(elapsed) < 2.0, f"evaluate took {min(elapsed):.2f}s at best of 3"
     assert 0.0 < r["f1"] < r["strict_f1"] < 1.0  # random noise opens many I- chunks
     assert evaluate(gold, gold, "IOB2")["strict_f1"] == 1.0
