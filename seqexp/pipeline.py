@@ -52,7 +52,9 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
     # data
     splits = memo.splits(cfg.dataset, cache_dir, lambda: load_splits(cfg.dataset, cache_dir))
     labels = label_vocabulary(splits["train"])
-    encoder = load_encoder(cfg.model, splits["train"], cache_dir)
+    strategy = from_config(cfg.freeze)
+    frozen_throughout = all(map(strategy.static, range(strategy.phases)))
+    encoder = load_encoder(cfg.model, splits["train"], cache_dir, unchanged=frozen_throughout)
     dm = TaggingDataModule(
         splits, encoder.tokenizer, labels, encoder.max_length,
         batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
@@ -60,7 +62,6 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
     )
     dm.setup()
     # strategy: it may wrap the encoder and add a mixer; the Tagger applies its phase 0
-    strategy = from_config(cfg.freeze)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # head init independent of data/encoder loading
     base = strategy.prepare(encoder.model)
     config = encoder.model.config
@@ -74,8 +75,7 @@ def build(cfg: DictConfig, metric_sink=None) -> Built:
         metric_sink=metric_sink, mixer=mixer, base_encoder=base,
     )
     if cfg.trainer.feature_cache and strategy.static(0):
-        use_feature_cache(base, dm, cfg, cache_dir, every_phase=all(map(strategy.static, range(strategy.phases))),
-                          layers=strategy.hidden)
+        use_feature_cache(base, dm, cfg, cache_dir, every_phase=frozen_throughout, layers=strategy.hidden)
     return Built(splits, labels, dm, tagger)
 
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from seqexp.errors import EncoderUnavailableError  # noqa: F401  (defined with every user error)
+from seqexp.data import memo
 from seqexp.data.sentences import Sentence
 
 if TYPE_CHECKING:  # transformers takes seconds to import; config validation must not pay for it
@@ -87,31 +88,47 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def load_encoder(model_cfg: Any, train_sentences: Sequence[Sentence] | None, cache_dir: Path) -> LoadedEncoder:
+def load_encoder(model_cfg: Any, train_sentences: Sequence[Sentence] | None, cache_dir: Path, *,
+                 unchanged: bool = False) -> LoadedEncoder:
     """Load (or build, for ``tiny``) the encoder ``model_cfg`` describes.
 
     ``train_sentences`` are only used by ``tiny`` encoders (tokenizer training and
     the cache fingerprint). ``cache_dir`` holds built tiny encoders under
     ``encoders/<fingerprint>/``; hub downloads use the usual Hugging Face cache so
     that models the user already has are found.
+
+    ``unchanged``: the caller promises not to change the encoder (a strategy frozen in every
+    phase). An earlier job of this process that made the same promise for the same files then
+    hands its encoder on, checked unchanged (``seqexp.data.memo.encoder``); otherwise it is
+    loaded afresh.
     """
     source = _get(model_cfg, "source", "hub")
     name = str(_get(model_cfg, "name", source))
+    directory: Path | None = None
     if source == "tiny":
         from seqexp.models.tiny import build_tiny
 
         directory = build_tiny(model_cfg, train_sentences, Path(cache_dir))
-        tokenizer, model = _load_from(str(directory), local_files_only=True)
     elif source in ("local", "package") or (source == "hub" and _is_dir(_get(model_cfg, "path"))):
         directory = _local_dir(model_cfg)
         read_config_json(directory)  # one line naming the file, not a transformers traceback
-        tokenizer, model = _load_from(str(directory), local_files_only=True)
     elif source == "hub":
         if not _get(model_cfg, "path"):
             raise EncoderUnavailableError("`model.path` must be a hub id or a directory written by save_pretrained")
-        tokenizer, model = _load_hub(str(_get(model_cfg, "path")))
     else:
         raise ValueError(f"`model.source`: unknown {source!r}; choose one of {', '.join(SOURCES)}")
+
+    def load() -> tuple[PreTrainedTokenizerFast, PreTrainedModel]:
+        if directory is None:
+            return _load_hub(str(_get(model_cfg, "path")))
+        return _load_from(str(directory), local_files_only=True)
+
+    files = (directory or _hub_snapshot(str(_get(model_cfg, "path")))) if unchanged else None
+    if files is not None:
+        tokenizer, model = memo.encoder(files, load)
+    else:
+        memo.forget_encoders()  # a second encoder in memory while this one trains would raise the peak
+        tokenizer, model = load()
     return LoadedEncoder(
         tokenizer=tokenizer,
         model=model,
@@ -279,6 +296,14 @@ def _load_hub(hub_id: str) -> tuple[PreTrainedTokenizerFast, PreTrainedModel]:
         return _load_from(hub_id, local_files_only=False)
     except OSError as err:
         raise EncoderUnavailableError(f"could not download `{hub_id}` from the hub: {err}. {OFFLINE_CHOICES}") from err
+
+
+def _hub_snapshot(hub_id: str) -> Path | None:
+    """The local Hugging Face cache's folder of ``hub_id`` (the revision ``main`` points to), if it has one."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqexp.data import memo
 from seqexp.data.encoding import Window
 from seqexp.disk import guarded_write
 from seqexp.models.tagger import encoder_states, pool_words
@@ -65,15 +66,20 @@ class WindowFeatures:
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
-    """Hash of the encoder's class, config and every weight and buffer, byte for byte."""
-    h = hashlib.sha256(type(encoder).__name__.encode())
+    """Hash of the encoder's class, config and every weight and buffer, byte for byte (computed once
+    for the same unchanged tensors: ``seqexp.data.memo.digest``)."""
     config = getattr(encoder, "config", None)
-    if config is not None:
-        h.update(config.to_json_string(use_diff=False).encode())
-    for name, tensor in [*encoder.state_dict().items()]:
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
-    return h.hexdigest()[:20]
+    head = type(encoder).__name__ + (config.to_json_string(use_diff=False) if config is not None else "")
+    named = list(encoder.state_dict(keep_vars=True).items())
+
+    def compute() -> str:
+        h = hashlib.sha256(head.encode())
+        for name, tensor in named:
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
+        return h.hexdigest()[:20]
+
+    return memo.digest(f"encoder_fingerprint|{head}", named, compute)
 
 
 def windows_fingerprint(windows: Sequence[Window]) -> str:

@@ -44,6 +44,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from seqexp.data import memo
 from seqexp.errors import CheckpointError  # noqa: F401  (defined with every user error)
 from seqexp.disk import guarded_write
 from seqexp.tracking import resolve_uri
@@ -168,14 +169,20 @@ def set_rng_states(states: dict) -> None:
 
 # -- frozen weights ------------------------------------------------------------------------------
 def frozen_fingerprint(module: torch.nn.Module, keys: set[str]) -> str:
-    """Hash of the frozen tensors, byte for byte (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    state = module.state_dict()
-    for name in sorted(keys):
-        tensor = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.view(torch.uint8).numpy())  # the buffer itself: no copy
-    return h.hexdigest()[:20]
+    """Hash of the frozen tensors, byte for byte (names, dtypes, shapes, values); computed once for the
+    same unchanged tensors (``seqexp.data.memo.digest``: a later head-only job of a sweep shares them)."""
+    state = module.state_dict(keep_vars=True)
+    named = [(name, state[name]) for name in sorted(keys)]
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for name, tensor in named:
+            tensor = tensor.detach().cpu().contiguous()
+            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(tensor.view(torch.uint8).numpy())  # the buffer itself: no copy
+        return h.hexdigest()[:20]
+
+    return memo.digest("frozen_fingerprint", named, compute)
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):

@@ -90,3 +90,71 @@ def test_collators_of_later_jobs_reuse_the_packed_windows_of_the_same_window_lis
     assert other._packed is not first._packed  # equal content, another list: packed on its own
     for name, tensor in batches[0].items():
         assert torch.equal(batches[1][name], tensor) and torch.equal(batches[2][name], tensor), name
+
+
+def test_a_frozen_job_hands_its_unchanged_encoder_on_only_to_later_frozen_jobs(mini_conll):
+    from seqexp.pipeline import build
+
+    def built(freeze: str):
+        return build(compose(["model=tiny-bert", f"freeze={freeze}", f"dataset.data_dir={mini_conll}"]))
+
+    memo.forget_encoders()
+    first = built("last")
+    encoder = first.tagger.encoder
+    first.tagger.eval()  # as a job leaves it after testing
+    later = built("last")
+    assert later.tagger.encoder is encoder
+    assert later.tagger.encoder.training is False  # the Tagger's phase 0 (frozen: eval), as after a fresh load
+    # A job whose strategy trains the encoder loads its own, and the kept one is let go.
+    full = built("unfreeze")
+    assert full.tagger.encoder is not encoder
+    again = built("last")
+    assert again.tagger.encoder is not encoder and again.tagger.encoder is not full.tagger.encoder
+    # An encoder written in place (an optimizer step would do it) is not handed on.
+    with torch.no_grad():
+        next(again.tagger.encoder.parameters()).view(-1)[0] += 1e-3
+    assert built("last").tagger.encoder is not again.tagger.encoder
+
+
+def test_a_kept_encoder_comes_back_as_loaded_and_its_unchanged_weights_are_not_hashed_again(mini_conll):
+    from seqexp.models.feature_cache import encoder_fingerprint
+    from seqexp.training.checkpoints import frozen_fingerprint
+
+    cfg = OmegaConf.load(REPO / "conf/model/tiny-bert.yaml")
+    sentences = read_conll(mini_conll / "eng.train", word_col=0, tag_col=3)
+    memo.forget_encoders()
+    model = load_encoder(cfg, sentences, REPO / ".cache" / "seqexp-test", unchanged=True).model
+    fp, frozen = encoder_fingerprint(model), frozen_fingerprint(model, {"embeddings.word_embeddings.weight"})
+    model.eval().requires_grad_(False)
+    kept = load_encoder(cfg, sentences, REPO / ".cache" / "seqexp-test", unchanged=True).model
+    assert kept is model and kept.training and all(p.requires_grad for p in kept.parameters())
+    hashed = []
+    assert memo.digest("frozen_fingerprint", [("embeddings.word_embeddings.weight", kept.embeddings.word_embeddings.weight)],
+                       lambda: hashed.append(1) or "computed") == frozen and not hashed
+    # Written in place: both hashes see it (and match a fresh computation), and the next job loads afresh.
+    with torch.no_grad():
+        kept.embeddings.word_embeddings.weight[3, 0] += 1.0
+    fresh = load_encoder(cfg, sentences, REPO / ".cache" / "seqexp-test").model
+    with torch.no_grad():
+        fresh.embeddings.word_embeddings.weight[3, 0] += 1.0
+    assert encoder_fingerprint(kept) == encoder_fingerprint(fresh) != fp
+    assert frozen_fingerprint(kept, {"embeddings.word_embeddings.weight"}) != frozen
+    assert load_encoder(cfg, sentences, REPO / ".cache" / "seqexp-test", unchanged=True).model is not kept
+
+
+def test_a_later_frozen_job_on_the_kept_encoder_scores_as_one_on_a_fresh_load(mini_conll):
+    from seqexp.pipeline import build, make_trainer
+
+    def scores():
+        cfg = compose(["model=tiny-bert", "freeze=last", "head=crf", f"dataset.data_dir={mini_conll}",
+                       "trainer.max_epochs=2", "seed=3", "trainer.feature_cache=false"])
+        built = build(cfg)
+        trainer = make_trainer(cfg)
+        trainer.fit(built.tagger, datamodule=built.datamodule)
+        trainer.test(built.tagger, datamodule=built.datamodule, verbose=False)
+        return built.tagger.encoder, built.tagger.results
+
+    memo.forget_encoders()
+    encoder, fresh = scores()
+    kept, later = scores()
+    assert kept is encoder and later == fresh
