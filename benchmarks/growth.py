@@ -1,11 +1,12 @@
 """How cost grows: sweep wall time against head-only jobs, and full fine-tuning time against training sentences.
 
-    .venv/bin/python benchmarks/growth.py      # on a quiet machine, about 15 minutes
+    .venv/bin/python benchmarks/growth.py      # on a quiet machine, about 20 minutes
 
 1. **Jobs.** ``python -m seqexp.run -m model=minilm freeze=last seed=1..N`` for N = 1, 2, 4, 8, 16 (the first
    2,000 CoNLL-2003 training sentences, 3 epochs, batch 32, no dev evaluation), each sweep a fresh process
    with a fresh MLflow store and feature cache, timed whole (interpreter start to exit). The first job
-   encodes every split; later jobs reuse the features. Target: after the first job, each added job costs at
+   encodes every split; later jobs reuse the features. One uncounted warm-up sweep first, then ``--repeats``
+   rounds of the curve (default 3), each N's median. Target: after the first job, each added job costs at
    most 5% of the first (the fitted slope over the one-job sweep's wall time).
 2. **Sentences.** Full fine-tuning (``freeze=unfreeze``, 1 epoch, no dev evaluation) on the first 500, 1,000,
    2,000 and 4,000 sentences, in one sweep process; each run's ``train_time_s`` (the fit) from MLflow.
@@ -20,6 +21,7 @@ import argparse
 import datetime as dt
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,19 +72,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "conll2003"))
     ap.add_argument("--train", type=int, default=2000, help="training sentences of the jobs curve")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of the jobs curve; each N's wall time is the median of its rounds")
     args = ap.parse_args()
     data = [f"dataset.data_dir={args.data}", "model=minilm", "trainer.val_every_n_epochs=0",
             "trainer.early_stopping=false", "trainer.batch_size=32", "optim=adam"]
     others = quiet_check()
     jobs, sentences = [], []
+    head_only = [*data, "freeze=last", "trainer.max_epochs=3", f"dataset.max_train_sentences={args.train}"]
     with tempfile.TemporaryDirectory() as tmp:
+        # Not counted: the first process of a benchmark ran 10-15% slower than the same sweep later on
+        # (34.0 s for one job, then 30.2 s for two, on 2026-12-07), which would flatter the slope's ratio.
+        sweep(Path(tmp) / "warm-up", [*head_only, "seed=1"])
+        walls: dict[int, list[float]] = {n: [] for n in JOBS}
+        commands: dict[int, str] = {}
+        for r in range(args.repeats):
+            for n in JOBS:
+                wall, runs, cmd = sweep(Path(tmp) / f"jobs-{n}-{r}", [*head_only,
+                                                                     "seed=" + ",".join(map(str, range(1, n + 1)))])
+                assert len(runs) == n, (n, len(runs))
+                walls[n].append(wall)
+                commands[n] = cmd
+                print({"round": r, "jobs": n, "wall_s": wall}, flush=True)
         for n in JOBS:
-            wall, runs, cmd = sweep(Path(tmp) / f"jobs-{n}", [*data, "freeze=last", "trainer.max_epochs=3",
-                                                              f"dataset.max_train_sentences={args.train}",
-                                                              "seed=" + ",".join(map(str, range(1, n + 1)))])
-            assert len(runs) == n, (n, len(runs))
-            jobs.append({"jobs": n, "wall_s": wall, "command": cmd})
-            print(jobs[-1], flush=True)
+            jobs.append({"jobs": n, "wall_s": statistics.median(walls[n]), "rounds_s": walls[n],
+                         "command": commands[n]})
         wall, runs, cmd = sweep(Path(tmp) / "sentences", [*data, "freeze=unfreeze", "trainer.max_epochs=1",
                                                           "dataset.max_train_sentences="
                                                           + ",".join(map(str, SENTENCES))])
@@ -108,8 +122,10 @@ def main() -> None:
              "of the CPUs just before. Plot: "
              f"[{out.with_suffix('.png').name}]({out.with_suffix('.png').name}).", "",
              f"## Sweep wall time against head-only jobs ({args.train} sentences, 3 epochs, a fresh process, store and "
-             "feature cache each)", "", "| jobs | wall time | per job |", "|---:|---:|---:|"]
-    lines += [f"| {j['jobs']} | {j['wall_s']:.1f} s | {j['wall_s'] / j['jobs']:.1f} s |" for j in jobs]
+             f"feature cache each; median of {args.repeats} rounds after one uncounted warm-up sweep)", "",
+             "| jobs | wall time | per job | rounds |", "|---:|---:|---:|---|"]
+    lines += [f"| {j['jobs']} | {j['wall_s']:.1f} s | {j['wall_s'] / j['jobs']:.1f} s | "
+              f"{', '.join(f'{w:.1f}' for w in j['rounds_s'])} |" for j in jobs]
     lines += ["", f"Fit: {jobs_fit['intercept']:.1f} s + {jobs_fit['slope']:.2f} s per job (R² {jobs_fit['r2']:.3f}). "
               f"Each added job costs {100 * jobs_fit['added_job_over_first']:.1f}% of the one-job sweep "
               f"({first:.1f} s): target ≤ 5%, **{'PASS' if ok_jobs else 'FAIL'}**.", "",
