@@ -44,6 +44,7 @@ from seqexp import identity
 from seqexp.errors import ConfigError, StoreError  # noqa: F401  (StoreError: defined with every user error)
 from seqexp.tracking_buffer import (KILLED_WAIT_S, Outbox, TrackingUnavailableError, inputs_op, metrics_op,
                                     params_op, tags_op, terminate_op, text_op)
+from seqexp.training.stopping import uninterrupted
 
 # Grid axes: the config groups whose chosen option names become short top-level params.
 AXES = identity.AXES
@@ -172,7 +173,8 @@ _held: dict[Path, list] = {}  # lock file -> [open file, depth]: re-entrant with
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """sqlite: an exclusive ``fcntl.flock`` on ``<db>.lock`` beside the database, re-entrant in this
-    process; other stores: nothing (their server serializes writes)."""
+    process, and once it is held, a block that Ctrl-C or SIGTERM lets end before stopping the run
+    (``seqexp.training.stopping.uninterrupted``); other stores: nothing (their server serializes writes)."""
     path = sqlite_path(uri)
     if path is None:
         yield
@@ -186,7 +188,8 @@ def store_lock(uri: str) -> Iterator[None]:
             entry = _held[lock] = [handle, 0]
         entry[1] += 1
         try:
-            yield
+            with uninterrupted():
+                yield
         finally:
             entry[1] -= 1
             if entry[1] == 0:

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from seqexp.errors import TrackingUnavailableError  # noqa: F401  (defined with every user error)
+from seqexp.training.stopping import uninterrupted
 
 log = logging.getLogger("seqexp.tracking")
 
@@ -201,23 +202,24 @@ class Outbox:
         """
         with fail_fast():
             while self.pending:
-                try:
-                    apply(self.client, self.run_id, self.pending[0])
-                except Exception as exc:
-                    if not unreachable(exc):
-                        self.pending.pop(0)
-                        if errors is None:
-                            raise
-                        errors.append(exc)
-                        continue
-                    if self.down_since is None:
-                        self.late = 0
-                        log.warning("MLflow server %s unreachable (%s): keeping its writes in memory and "
-                                    "retrying; training goes on", self.uri, _reason(exc))
-                    self.down_since = time.monotonic()
-                    return False
-                self.pending.pop(0)
-                self.late += self.down_since is not None
+                with uninterrupted():  # a signal lets the write end (and leave the queue): see stopping.py
+                    try:
+                        apply(self.client, self.run_id, self.pending[0])
+                    except Exception as exc:
+                        if not unreachable(exc):
+                            self.pending.pop(0)
+                            if errors is None:
+                                raise
+                            errors.append(exc)
+                            continue
+                        if self.down_since is None:
+                            self.late = 0
+                            log.warning("MLflow server %s unreachable (%s): keeping its writes in memory and "
+                                        "retrying; training goes on", self.uri, _reason(exc))
+                        self.down_since = time.monotonic()
+                        return False
+                    self.pending.pop(0)
+                    self.late += self.down_since is not None
         if self.down_since is not None:
             log.warning("MLflow server %s is back: %d buffered writes delivered", self.uri, self.late)
             self.down_since = None

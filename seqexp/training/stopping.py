@@ -7,7 +7,8 @@ and raises ``SIGTERMException`` (a ``SystemExit`` with exit status 0, Lightning
 issue #19916) after the current batch, and a SIGTERM outside ``fit`` kills the
 process before MLflow hears of it. :func:`interruptible` makes both one path for the whole run: the
 first SIGINT or SIGTERM raises :class:`Interrupted` (a ``KeyboardInterrupt``)
-at once, whatever the run is doing, so the MLflow run ends KILLED with the
+at once, whatever the run is doing (except inside an :func:`uninterrupted` block, a
+tracking store transaction, which it lets end first), so the MLflow run ends KILLED with the
 metrics logged so far, and the command exits ``128 + signal`` (130, 143).
 """
 
@@ -38,13 +39,44 @@ class Interrupted(KeyboardInterrupt):
 
 class _Guard:
     signum: int | None = None
+    held = 0  # depth of uninterrupted() blocks running now
+    pending = False  # a signal came inside one: raise it when the outermost ends
 
     def handle(self, signum, frame) -> None:
         if self.signum is not None:  # a second signal while the run records its end: let it finish
             log.warning("%s received again; still recording the interrupted run", signal.Signals(signum).name)
             return
         self.signum = signum
+        if self.held:
+            self.pending = True
+            return
         raise Interrupted(signum)
+
+
+_guards: list[_Guard] = []  # the guard of the interruptible() block running now (main thread), innermost last
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block that a signal must not cut in half: a SIGINT or SIGTERM that arrives inside it raises
+    :class:`Interrupted` when it ends, not at once.
+
+    For the tracking store's transactions: an exception raised inside the sqlite driver mid-commit or
+    mid-fetch left a connection holding the database lock (kept alive by the traceback), and recording
+    the run KILLED then waited 20 s for that lock on every attempt (a sweep's SIGTERM took 91 s once).
+    Outside :func:`interruptible`, or off the main thread, it changes nothing."""
+    guard = _guards[-1] if _guards and threading.current_thread() is threading.main_thread() else None
+    if guard is None:
+        yield
+        return
+    guard.held += 1
+    try:
+        yield
+    finally:
+        guard.held -= 1
+        if not guard.held and guard.pending:
+            guard.pending = False
+            raise Interrupted(guard.signum)
 
 
 @contextlib.contextmanager
@@ -60,6 +92,7 @@ def interruptible() -> Iterator[None]:
         return
     guard = _Guard()
     previous = {s: signal.signal(s, guard.handle) for s in SIGNALS}
+    _guards.append(guard)
     try:
         yield
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -67,6 +100,7 @@ def interruptible() -> Iterator[None]:
             raise
         raise Interrupted(guard.signum) from exc
     finally:
+        _guards.remove(guard)
         for s, handler in previous.items():
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(s, handler)

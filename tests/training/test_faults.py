@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,63 @@ def test_interruptible_turns_both_signals_into_interrupted(signum):
     # Without a signal, SystemExit is left alone.
     with pytest.raises(SystemExit), interruptible():
         raise SystemExit(3)
+
+
+def test_a_signal_inside_an_uninterrupted_block_is_raised_when_the_block_ends():
+    from seqexp.training.stopping import Interrupted, interruptible, uninterrupted
+
+    done = []
+    with pytest.raises(Interrupted) as caught, interruptible():
+        with uninterrupted():
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the handler has run by now, and did not raise
+                done.append("inner")
+            done.append("outer")  # still inside the outermost block
+        done.append("after")  # never: raised as the outermost block ended
+    assert done == ["inner", "outer"] and caught.value.signum == signal.SIGTERM
+    with uninterrupted():  # outside interruptible(): nothing to hold
+        done.append("alone")
+    assert done[-1] == "alone"
+
+
+@pytest.mark.parametrize("inside", ["_commit_impl", "_fetchall_impl"])
+def test_a_signal_during_a_tracking_write_lets_it_end_and_the_run_ends_killed_at_once(store, experiment, inside):
+    """SIGTERM inside SQLAlchemy's commit (or a fetch) of a metric write: raised in the sqlite driver, it left a
+    connection holding the database lock, and recording the run KILLED waited 20 s for it (measured)."""
+    import sys
+    import threading
+
+    from seqexp.tracking import RunTracker, client, experiment_id
+    from seqexp.training.stopping import Interrupted, interruptible
+
+    tracker = RunTracker(store, experiment)
+    sent: list[float] = []
+
+    def signal_inside(frame, event, arg):  # a trace hook: the signal arrives inside the store's own code
+        if event == "call" and frame.f_code.co_name == inside and not sent and threading.current_thread() is \
+                threading.main_thread():
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as caught:
+        with tracker, interruptible():
+            tracker.client = client(tracker.uri)
+            tracker.run_id = tracker.client.create_run(experiment_id(tracker.client, experiment, store)).info.run_id
+            sys.settrace(signal_inside)
+            try:
+                for step in range(5):
+                    tracker.log_metrics({"loss": float(step)}, step=step)
+            finally:
+                sys.settrace(None)
+    ended = time.monotonic()
+    assert sent and ended - sent[0] < 5, f"recording the run KILLED took {ended - sent[0]:.1f} s"
+    assert not any("sqlalchemy" in f.filename for f in traceback.extract_tb(caught.value.__traceback__)), \
+        "raised inside the store's code"
+    _, run = the_run(store, experiment)
+    assert run.info.status == "KILLED"
+    # The write the signal came in is delivered once; none after it.
+    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "loss")] == [0]
 
 
 def test_max_time_stops_training_in_time_and_the_run_still_tests(store, experiment, mini_conll):
