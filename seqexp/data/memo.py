@@ -128,7 +128,8 @@ def encoder(files: Path, load: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]
     hit = _ENCODERS.get(key)
     if hit is not None:
         saved, config, (tokenizer, model) = hit
-        if _unchanged(saved, list(model.state_dict(keep_vars=True).values())) and config == model.config.to_json_string():
+        tensors = list(model.state_dict(keep_vars=True).values())
+        if _unchanged(saved, tensors) and config == model.config.to_json_string():
             log.info("%s: reusing the unchanged encoder an earlier job of this process loaded", files)
             model.train()
             model.requires_grad_(True)
