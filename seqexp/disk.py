@@ -24,6 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from seqexp.errors import DiskFullError  # noqa: F401  (defined with every user error)
+from seqexp.training.stopping import uninterrupted
 
 __all__ = ["DiskFullError", "guarded_write", "is_disk_full"]
 
@@ -57,10 +58,15 @@ def is_disk_full(exc: BaseException, folder: Path) -> bool:
 @contextmanager
 def guarded_write(tmp: Path, target: Path, what: str, fix: str) -> Iterator[None]:
     """Around writing ``tmp`` and renaming it to ``target``: on any failure remove ``tmp``; a full
-    disk becomes :class:`DiskFullError` ("no space left on <folder> ... {fix}")."""
+    disk becomes :class:`DiskFullError` ("no space left on <folder> ... {fix}"). A Ctrl-C or SIGTERM
+    is held until the write has ended (``seqexp.training.stopping.uninterrupted``)."""
     tmp = Path(tmp)
     try:
-        yield
+        # Uninterrupted: a SIGTERM or Ctrl-C inside torch.save's writes came out as that RuntimeError ("unexpected
+        # pos": 20 of 60 signals timed at random in a checkpoint save), so the run ended FAILED, not KILLED.
+        # The write ends first now, and the signal is raised after the rename.
+        with uninterrupted():
+            yield
     except BaseException as exc:
         full = is_disk_full(exc, tmp.parent)
         with suppress(OSError):

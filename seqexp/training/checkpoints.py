@@ -48,7 +48,6 @@ from seqexp.data import memo
 from seqexp.errors import CheckpointError  # noqa: F401  (defined with every user error)
 from seqexp.disk import guarded_write
 from seqexp.tracking import resolve_uri
-from seqexp.training.stopping import uninterrupted
 
 log = logging.getLogger("seqexp")
 
@@ -203,12 +202,8 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        # Uninterrupted: a SIGTERM or Ctrl-C inside torch.save's writes came out as a RuntimeError ("unexpected
-        # pos", 20 of 60 signals timed at random in a save), so the run ended FAILED instead of KILLED; the save
-        # ends first now, and the signal is raised after it (a whole checkpoint to resume from).
-        with uninterrupted(), guarded_write(tmp, path, "checkpoint", fix="set `trainer.checkpoint_dir` to a folder "
-                                            "on another disk (or `trainer.checkpoint_every_n_steps=null`: no "
-                                            "checkpoints)"):
+        with guarded_write(tmp, path, "checkpoint", fix="set `trainer.checkpoint_dir` to a folder on another "
+                           "disk (or `trainer.checkpoint_every_n_steps=null`: no checkpoints)"):
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
