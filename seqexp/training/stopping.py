@@ -8,7 +8,7 @@ issue #19916) after the current batch, and a SIGTERM outside ``fit`` kills the
 process before MLflow hears of it. :func:`interruptible` makes both one path for the whole run: the
 first SIGINT or SIGTERM raises :class:`Interrupted` (a ``KeyboardInterrupt``)
 at once, whatever the run is doing (except inside an :func:`uninterrupted` block, a
-tracking store transaction, which it lets end first), so the MLflow run ends KILLED with the
+tracking store transaction or an atomic file write, which it lets end first), so the MLflow run ends KILLED with the
 metrics logged so far, and the command exits ``128 + signal`` (130, 143).
 """
 
@@ -64,7 +64,8 @@ def uninterrupted() -> Iterator[None]:
     For the tracking store's transactions: an exception raised inside the sqlite driver mid-commit or
     mid-fetch left a connection holding the database lock (kept alive by the traceback), and recording
     the run KILLED then waited 20 s for that lock on every attempt (a sweep's SIGTERM took 91 s once).
-    Outside :func:`interruptible`, or off the main thread, it changes nothing."""
+    For atomic file writes (``seqexp.disk.guarded_write``): see there. Outside :func:`interruptible`,
+    or off the main thread, it changes nothing."""
     guard = _guards[-1] if _guards and threading.current_thread() is threading.main_thread() else None
     if guard is None:
         yield
