@@ -48,6 +48,16 @@ def _remember(store: OrderedDict, key, value, limit: int):
     return value
 
 
+def _of_object(store: OrderedDict, key: tuple | int, obj: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, or what ``store`` keeps under ``key`` (which holds ``id(obj)``) for this very object:
+    the entry keeps ``obj`` alive, so an equal id is the same object, not a recycled one."""
+    hit = store.get(key)
+    if hit is not None and hit[0] is obj:
+        store.move_to_end(key)
+        return hit[1]
+    return _remember(store, key, (obj, make()), _MAX_WINDOWS)[1]
+
+
 def _files_signature(folder: Path) -> list[tuple[str, int, int]]:
     found = []
     for root, _, files in os.walk(folder):
@@ -92,21 +102,13 @@ def windows(sentences: Sequence, tokenizer: Any, label_to_id: Mapping[str, int],
             overlap: bool, encode: Callable[[], list]) -> list:
     """``encode()``'s windows, or those of an earlier job for this sentence list and tokenizer."""
     key = (id(sentences), tokenizer_fingerprint(tokenizer), tuple(label_to_id.items()), max_length, overlap)
-    hit = _WINDOWS.get(key)
-    if hit is not None and hit[0] is sentences:  # the same list object, not a recycled id
-        _WINDOWS.move_to_end(key)
-        return hit[1]
-    return _remember(_WINDOWS, key, (sentences, encode()), _MAX_WINDOWS)[1]
+    return _of_object(_WINDOWS, key, sentences, encode)
 
 
 def packed(windows: Sequence, pack: Callable[[Sequence], Any]) -> Any:
     """``pack(windows)``, or what an earlier job packed from this very window list (``windows()`` hands every job
     of the process the same list). Packing CoNLL-2003's windows for a collator took 40 ms a job."""
-    hit = _PACKED.get(id(windows))
-    if hit is not None and hit[0] is windows:  # the same list object, not a recycled id
-        _PACKED.move_to_end(id(windows))
-        return hit[1]
-    return _remember(_PACKED, id(windows), (windows, pack(windows)), _MAX_WINDOWS)[1]
+    return _of_object(_PACKED, id(windows), windows, lambda: pack(windows))
 
 
 def _versions(tensors: Sequence) -> list[tuple[weakref.ref, int]]:
