@@ -125,10 +125,16 @@ def cpu_model() -> str:
 
 
 # ----------------------------------------------------------------------------- sides (children)
-def _sync() -> None:
+def _cuda() -> bool:
     import torch
 
-    if torch.cuda.is_available():
+    return torch.cuda.is_available()
+
+
+def _sync() -> None:
+    if _cuda():
+        import torch
+
         torch.cuda.synchronize()
 
 
@@ -180,6 +186,8 @@ def _lightning_timer():
 
         def __init__(self):
             self.step_s, self.steps, self.tokens, self.sq = 0.0, 0, 0, 0
+            self.per_step: list[tuple[float, int]] = []  # (seconds, real tokens) of each step, in order
+            self._n = 0
             self.epochs: list[dict] = []
             self._t = self._e = self._v = 0.0
             self._val = 0.0
@@ -187,15 +195,18 @@ def _lightning_timer():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if isinstance(batch, dict) and "attention_mask" in batch:
                 lens = batch["attention_mask"].sum(1)
-                self.tokens += int(lens.sum())
+                self._n = int(lens.sum())
+                self.tokens += self._n
                 self.sq += int((lens * lens).sum())
             _sync()
             self._t = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             _sync()
-            self.step_s += time.perf_counter() - self._t
+            took = time.perf_counter() - self._t
+            self.step_s += took
             self.steps += 1
+            self.per_step.append((round(took, 5), self._n))
 
         def on_train_epoch_start(self, trainer, pl_module):
             _sync()
@@ -270,7 +281,7 @@ def side_seqexp(spec: dict, head_only: bool, seed: int | None = None, extra=()) 
         "test": {k: float(result[k]) for k in ("f1", "precision", "recall", "accuracy")},
         "test_words": sum(len(g) for g in gold), "missing_test_words": missing,
         "train_step_s": timer.step_s, "train_steps": timer.steps, "real_tokens": timer.tokens,
-        "sum_len_sq": timer.sq, "fit_s": fit_s, "test_s": test_s,
+        "sum_len_sq": timer.sq, "fit_s": fit_s, "test_s": test_s, "per_step": timer.per_step,
         "epochs": [{k: v for k, v in e.items() if k in ("train_s", "wall_s", "dev_eval_s")} for e in timer.epochs],
         "first_epoch_incl_setup_s": first_incl, "setup_breakdown": breakdown,
         "trainable_params": sum(p.numel() for p in tagger.parameters() if p.requires_grad),
@@ -305,9 +316,11 @@ def _ref_common(spec: dict):
     return t_setup, path, train, test, common
 
 
-def side_reference(spec: dict, head_only: bool, seed: int | None = None, workers: int | None = None) -> dict:
+def side_reference(spec: dict, head_only: bool, seed: int | None = None, workers: int | None = None,
+                   extra: dict | None = None) -> dict:
     """The reference; with ``workers``, ``ref-best``: the same recipe with HF's own speed settings
-    (``reference_hf.speed_settings``) and that many data-loading processes."""
+    (``reference_hf.speed_settings``) and that many data-loading processes; ``extra``: more
+    ``TrainingArguments`` on top (``{"bf16": True}``)."""
     import reference_hf as ref
 
     adamw = compose(["optim=adamw"]).optim
@@ -320,7 +333,7 @@ def side_reference(spec: dict, head_only: bool, seed: int | None = None, workers
         seed=spec["seed"] if seed is None else seed, weight_decay=float(adamw.weight_decay), warmup=0,
         head_only=head_only,
         out_dir=Path(spec["tmp"]) / "hf-out", t_setup=t_setup,
-        speed=None if workers is None else ref.speed_settings(workers),
+        speed=None if workers is None else {**ref.speed_settings(workers), **(extra or {})},
     )
 
 
@@ -410,6 +423,11 @@ SIDES = {
     "ref-sweep": side_ref_sweep,
     "seqexp-startup": side_seqexp_startup,
     "seqexp-head-fp16": lambda s: side_seqexp(s, head_only=True, extra=["trainer.feature_cache_dtype=float16"]),
+    # Opt-in speed settings of both sides, not defaults (benchmarks/precision.py): bf16 autocast, torch.compile
+    "seqexp-full-bf16": lambda s: side_seqexp(s, head_only=False, extra=["trainer.precision=bf16-mixed"]),
+    "seqexp-full-compile": lambda s: side_seqexp(s, head_only=False, extra=["trainer.compile=true"]),
+    "ref-best-full-bf16": lambda s: side_reference(s, head_only=False, workers=s.get("ref_workers", 1),
+                                                   extra={"bf16": True, **({} if _cuda() else {"use_cpu": True})}),
     # P3 over 3 seeds: test F1 only (their timings are not used; --reuse-f1 may take them from an earlier run)
     "seqexp-full-s2": lambda s: side_seqexp(s, head_only=False, seed=s["seed"] + 1),
     "ref-full-s2": lambda s: side_reference(s, head_only=False, seed=s["seed"] + 1),
