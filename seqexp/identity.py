@@ -8,8 +8,9 @@ Every flattened config key (``optim.lr``, ``trainer.eval_batch_size``, ...) has 
     it is listed below, so a new strategy parameter (``freeze.*``) splits runs by default.
 ``setting``
     the data and the training budget (``dataset.*``, ``trainer.*``): they change the result just as
-    much, but a study holds them fixed, so run names leave them out (the parent run's overrides and
-    each run's params show them; the report shows the budget per cell).
+    much, but a study usually holds them fixed, so run names leave them out (the parent run's overrides
+    and each run's params show them; the report shows the budget per cell), unless the sweep varies
+    one (``trainer.precision=32-true,bf16-mixed``): then it is in the name, or two runs would share it.
 ``runtime``
     where a run executes, how fast, in which order its floating-point sums are taken, and what it
     records (:data:`RUNTIME`). Changing one computes the same thing.
@@ -21,7 +22,7 @@ Every flattened config key (``optim.lr``, ``trainer.eval_batch_size``, ...) has 
 - the report (``seqexp.report.aggregate``) splits cells on exactly those keys, wherever they differ
   between runs (the seed makes repeats, tuned keys make candidates); runtime keys never split a cell;
 - run names (``seqexp.tracking.run_name``) show the ``compared`` overrides that have no slot of their
-  own (:func:`in_run_name`).
+  own, and the ``setting`` overrides the sweep varies (:func:`in_run_name`).
 
 Where float noise is the only difference, the key is runtime. ``trainer.eval_batch_size`` is the
 case in point: padding is masked, so the batch size only changes the order of floating-point sums
@@ -42,7 +43,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 # Config groups whose chosen option is logged as a short param (``model=bert``), in report order.
 AXES = ("dataset", "model", "freeze", "optim", "scheduler", "head")
@@ -105,14 +106,19 @@ def changes_result(key: str) -> bool:
     return role(key) != RUNTIME_ROLE
 
 
-def in_run_name(key: str) -> bool:
-    """Whether an override of ``key`` is spelled out in the run name: a compared key without a slot.
+def in_run_name(key: str, swept: Collection[str] = ()) -> bool:
+    """Whether an override of ``key`` is spelled out in the run name: a compared key without a slot, or
+    a setting among the sweep's varied keys ``swept``.
 
-    Left out: runtime keys (they change nothing), settings (a study holds them fixed), the name's own
-    slots (:data:`NAME_AXES`, :data:`SEED`) and the study (:data:`STUDY_GROUP`, the MLflow experiment).
+    Left out: runtime keys (they change nothing), settings the sweep does not vary (a study holds them
+    fixed), the name's own slots (:data:`NAME_AXES`, :data:`SEED`) and the study (:data:`STUDY_GROUP`,
+    the MLflow experiment).
     """
     key = key.lstrip("+~")
-    return role(key) == COMPARED and key not in (*NAME_AXES, SEED, STUDY_GROUP)
+    if key in (*NAME_AXES, SEED, STUDY_GROUP):
+        return False
+    kind = role(key)
+    return kind == COMPARED or (kind == SETTING and key in swept)
 
 
 def fingerprint(flat: Mapping[str, str]) -> str:

@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> float | None:
     from seqexp import gc_startup
     from seqexp.config import validate
     from seqexp.pipeline import train_and_test
-    from seqexp.sweep import Outcome, claim_job, claimed_by, fingerprint, job_tags
+    from seqexp.sweep import Outcome, SweepInfo, claim_job, claimed_by, fingerprint, job_tags
     from seqexp.tracking import AXES, RunTracker, run_name
     from seqexp.training.stopping import interruptible
 
@@ -84,7 +84,8 @@ def run(cfg: DictConfig) -> float | None:
     choices, overrides = hydra_context()
     axes = {axis: choices.get(axis, "?") for axis in AXES}
     axes["seed"] = str(cfg.seed)
-    name = cfg.tracking.run_name or run_name(choices, overrides, cfg.seed)
+    sweep = SweepInfo.for_current_job()
+    name = cfg.tracking.run_name or run_name(choices, overrides, cfg.seed, sweep.axes if sweep else ())
     fp = fingerprint(cfg)
     tracker = RunTracker(cfg.tracking.uri, cfg.tracking.experiment)
     if cfg.trainer.checkpoint_every_n_steps is not None:

@@ -33,7 +33,7 @@ import traceback
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -455,15 +455,16 @@ def run_url(base: str, exp_id: str, run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def run_name(choices: Mapping[str, str], overrides: list[str], seed: int) -> str:
+def run_name(choices: Mapping[str, str], overrides: list[str], seed: int, swept: Collection[str] = ()) -> str:
     """``model|freeze|optim`` then any other compared override, then ``s<seed>``.
 
     Which overrides are spelled out follows from ``seqexp.identity`` (``in_run_name``): never a key
-    that does not change the result, nor a setting (data, budget) that the study holds fixed.
+    that does not change the result, nor a setting (data, budget) that the study holds fixed; a setting
+    among ``swept``, the keys the sweep varies, is spelled out.
     """
     parts = [str(choices.get(axis, "?")) for axis in identity.NAME_AXES]
     for override in overrides:
-        if identity.in_run_name(override.split("=", 1)[0]):
+        if identity.in_run_name(override.split("=", 1)[0], swept):
             parts.append(override.lstrip("+~"))
     return "|".join(parts + [f"s{seed}"])
 

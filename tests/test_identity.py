@@ -111,6 +111,10 @@ def test_run_names_show_compared_overrides_only():
                  "tracking.uri=sqlite:///x.db", "rerun=true", "experiment=demo", "+freeze.new_knob=2"]
     name = run_name({"model": "tiny-bert", "freeze": "last", "optim": "sgd"}, overrides, 4)
     assert name == "tiny-bert|last|sgd|optim.lr=0.3|head=crf|freeze.new_knob=2|s4"
+    # A setting the sweep varies is in the name (else its runs would share one); a runtime key never is.
+    swept = ["trainer.max_epochs", "trainer.eval_batch_size", "seed", "optim.lr"]
+    name = run_name({"model": "tiny-bert", "freeze": "last", "optim": "sgd"}, overrides, 4, swept)
+    assert name == "tiny-bert|last|sgd|optim.lr=0.3|head=crf|trainer.max_epochs=1|freeze.new_knob=2|s4"
 
 
 def test_identity_imports_without_torch():

@@ -32,6 +32,19 @@ def runs(cwd: Path, experiment: str = "seqexp"):
     return client, parents, children
 
 
+def test_a_setting_the_sweep_varies_names_its_runs(tmp_path, mini_conll):
+    """trainer.* and dataset.* keys stay out of run names, unless the sweep varies one: its runs would
+    otherwise share a name in the summary and in MLflow (trainer.precision=32-true,bf16-mixed)."""
+    proc = sweep(tmp_path, "model=tiny-bert", "freeze=last", "trainer.max_epochs=1,2", "trainer.batch_size=16",
+                 "trainer.num_threads=1", f"dataset.data_dir={mini_conll}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _, _, children = runs(tmp_path)
+    names = sorted(child.info.run_name for child in children)
+    assert names == ["tiny-bert|last|adamw|trainer.max_epochs=1|s1", "tiny-bert|last|adamw|trainer.max_epochs=2|s1"]
+    for name in names:
+        assert name in proc.stdout  # the sweep's summary table
+
+
 def test_grid_sweep_parent_children_and_rerun_skips(tmp_path, mini_conll):
     args = ["model=tiny-bert,tiny-albert", "freeze=last,unfreeze", f"dataset.data_dir={mini_conll}", *TINY]
     proc = sweep(tmp_path, *args)
