@@ -32,6 +32,7 @@ from seqexp.report.significance import (
     SentenceCounts,
     counts_from_file,
     format_p,
+    gap_decimals,
     holm,
     paired_bootstrap,
     resample_weights,
@@ -94,8 +95,9 @@ class Comparison:
             return (f"On {self.group}, {self.a.strategy} and {self.b.strategy} tie on {self.metric} "
                     f"({100 * r.score_a:.1f}; {self.stats()}): {self.word}.")
         (win, s_win), (lose, s_lose) = sorted([(self.a, r.score_a), (self.b, r.score_b)], key=lambda x: -x[1])
-        return (f"On {self.group}, {win.strategy} beats {lose.strategy} by {100 * abs(r.delta):.1f} {self.metric} "
-                f"({100 * s_win:.1f} vs {100 * s_lose:.1f}; {self.stats()}): {self.word}.")
+        d = gap_decimals(100 * r.delta)
+        return (f"On {self.group}, {win.strategy} beats {lose.strategy} by {100 * abs(r.delta):.{d}f} {self.metric} "
+                f"({100 * s_win:.{d}f} vs {100 * s_lose:.{d}f}; {self.stats()}): {self.word}.")
 
 
 def entity_level(run: RunRecord) -> bool:

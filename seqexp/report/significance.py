@@ -207,6 +207,12 @@ def format_p(p: float) -> str:
     return f"p={p:.2f}"
 
 
+def gap_decimals(gap: float) -> int:
+    """Decimals for a gap in F1 points and the two scores beside it: one, or two where one decimal would
+    print a gap that is not zero as 0.0 ("beats it by 0.0 (61.2 vs 61.2)" reads as a contradiction)."""
+    return 1 if gap == 0.0 or abs(gap) >= 0.05 else 2
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the input order (step-down: k·p(1), (k−1)·p(2), …, monotone)."""
     k = len(p_values)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from seqexp.report.aggregate import Config, Grid
 from seqexp.report.compare import Comparison
+from seqexp.report.significance import gap_decimals
 
 
 def score(config: Config, metric: str = "test_f1", seeds: Iterable[str] | None = None) -> str:
@@ -79,7 +80,7 @@ def _group_verdict(group: str, configs: list[Config], best: Config, comparisons:
     comp = _find(comparisons, best, runner)
     how = _how_sure(comp, tested)
     verb = "ties with" if m_best == m_run else "beats"
-    by = "" if m_best == m_run else f" by {m_best - m_run:.1f} test F1"
+    by = "" if m_best == m_run else f" by {m_best - m_run:.{gap_decimals(m_best - m_run)}f} test F1"
     price = cost(best, runner)
     text = (f"On **{group}**, **{best.strategy}** {verb} {runner.strategy}{by} ({m_best:.2f} vs {m_run:.2f}; "
             f"{how}){', ' + price if price else ''}.")

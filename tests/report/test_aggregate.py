@@ -7,7 +7,8 @@ from pathlib import Path
 from seqexp.metrics import evaluate
 from seqexp.report.aggregate import group_configs, pareto_front
 from seqexp.report.collect import RunRecord
-from seqexp.report.compare import compare_strategies
+from seqexp.report.compare import Comparison, compare_strategies
+from seqexp.report.significance import BootstrapResult
 from seqexp.report.verdict import verdict_paragraphs
 from tests.conftest import shared_corpus
 from tests.report.test_significance import corrupt, read_tags
@@ -76,3 +77,21 @@ def test_bars_have_no_error_bar_from_a_single_seed():
     series = {strategy: errs for strategy, _, _, errs in bar_series(grid.groups())}
     assert series["last+adam"] == [None]
     assert series["unfreeze+adam"][0] is not None and abs(series["unfreeze+adam"][0] - 14.142) < 0.01
+
+
+def test_a_gap_that_rounds_to_zero_is_printed_with_two_decimals():
+    """61.20 against 61.18 over 5 seeds (experiments/reports/precision): "beats it by 0.0" read as a tie
+    that was called a win; a gap under 0.05 points is printed with two decimals, a larger one with one."""
+    from seqexp.report.significance import gap_decimals
+
+    seeds = ("1", "2", "3")
+    runs = [record(f"a{s}", "minilm", "unfreeze", s, 0.6120) for s in seeds]
+    runs += [record(f"b{s}", "minilm", "last", s, 0.6118) for s in seeds]
+    grid = group_configs(runs)
+    text = verdict_paragraphs(grid, [], tested=False)[0]
+    assert "**unfreeze+adam** beats last+adam by 0.02 test F1 (61.20 vs 61.18;" in text, text
+    last, unfreeze = sorted(grid.configs, key=lambda c: c.strategy)
+    result = BootstrapResult(0.6118, 0.6120, -0.0002, 0.25, -0.0007, 0.0002, 3, 1000)
+    sentence = Comparison("minilm", last, unfreeze, "F1", result, p_holm=0.25).sentence
+    assert sentence.startswith("On minilm, unfreeze+adam beats last+adam by 0.02 F1 (61.20 vs 61.18; "), sentence
+    assert [gap_decimals(g) for g in (0.0, 0.02, -0.049, 0.05, 3.1)] == [1, 2, 2, 1, 1]
