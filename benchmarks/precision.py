@@ -1,6 +1,6 @@
 """Full fine-tuning with the opt-in speed settings, against the defaults and against ref-best, side by side.
 
-    .venv/bin/python benchmarks/precision.py --repeats 3      # on a quiet machine, about 25 minutes
+    .venv/bin/python benchmarks/precision.py --repeats 3      # on a quiet machine, about 15 minutes
 
 bench.py's P1 job (MiniLM, the first 2,000 CoNLL-2003 training sentences, 1 epoch, AdamW lr 1e-4, batch 32, no dev
 evaluation, then the whole test set), each side in its own process, the sides in alternating order round by round:
