@@ -149,6 +149,23 @@ def forget_encoders() -> None:
     _ENCODERS.clear()
 
 
+def tensor_digest(kind: str, named: Sequence[tuple[str, Any]], label: Callable[[str, Any], str], head: str = "") -> str:
+    """sha256 (20 hex digits) of ``head``, then of each named tensor's ``label(name, tensor)`` and its bytes (the
+    buffer itself: no copy); through ``digest``, so computed once for the same unchanged tensors."""
+
+    def compute() -> str:
+        import torch
+
+        h = hashlib.sha256(head.encode())
+        for name, tensor in named:
+            tensor = tensor.detach().cpu().contiguous()
+            h.update(label(name, tensor).encode())
+            h.update(tensor.view(torch.uint8).numpy())
+        return h.hexdigest()[:20]
+
+    return digest(kind, named, compute)
+
+
 def digest(kind: str, named: Sequence[tuple[str, Any]], compute: Callable[[], str]) -> str:
     """``compute()``, a hash of these named tensors, or its value for the very same tensor objects,
     unchanged since (see ``_unchanged``), earlier in this process. ``kind`` names the hash function,

@@ -71,15 +71,7 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
     config = getattr(encoder, "config", None)
     head = type(encoder).__name__ + (config.to_json_string(use_diff=False) if config is not None else "")
     named = list(encoder.state_dict(keep_vars=True).items())
-
-    def compute() -> str:
-        h = hashlib.sha256(head.encode())
-        for name, tensor in named:
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
-        return h.hexdigest()[:20]
-
-    return memo.digest(f"encoder_fingerprint|{head}", named, compute)
+    return memo.tensor_digest(f"encoder_fingerprint|{head}", named, lambda name, _: name, head=head)
 
 
 def windows_fingerprint(windows: Sequence[Window]) -> str:

@@ -29,7 +29,6 @@ the trained blocks with the optimizer groups of that phase (``Tagger.on_load_che
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -173,16 +172,7 @@ def frozen_fingerprint(module: torch.nn.Module, keys: set[str]) -> str:
     same unchanged tensors (``seqexp.data.memo.digest``: a later head-only job of a sweep shares them)."""
     state = module.state_dict(keep_vars=True)
     named = [(name, state[name]) for name in sorted(keys)]
-
-    def compute() -> str:
-        h = hashlib.sha256()
-        for name, tensor in named:
-            tensor = tensor.detach().cpu().contiguous()
-            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            h.update(tensor.view(torch.uint8).numpy())  # the buffer itself: no copy
-        return h.hexdigest()[:20]
-
-    return memo.digest("frozen_fingerprint", named, compute)
+    return memo.tensor_digest("frozen_fingerprint", named, lambda name, t: f"{name}|{t.dtype}|{tuple(t.shape)}|")
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
