@@ -39,9 +39,9 @@ def rate(result: dict, settle: int = 0) -> float | None:
     """Real tokens per second over the training steps from step ``settle`` on."""
     if "error" in result:
         return None
-    if settle == 0 or "per_step" not in result:
-        return result["real_tokens"] / result["train_step_s"] if settle == 0 else None
-    steps = result["per_step"][settle:]
+    if settle == 0:
+        return result["real_tokens"] / result["train_step_s"]
+    steps = result.get("per_step", [])[settle:]
     return sum(n for _, n in steps) / sum(s for s, _ in steps) if steps else None
 
 
